@@ -1,0 +1,7 @@
+"""pigg: Personalized Interactive GUI Grounding.
+
+Fine-tunes vision-language models into GUI agents: one global agent from many users' data,
+then small per-user adapters. Every CLI command is a plain function in this package.
+"""
+
+__version__ = "0.1.0"

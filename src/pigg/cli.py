@@ -1,0 +1,126 @@
+"""The `pigg` command line. No logic lives here: each command parses its options and calls one function.
+
+Heavy imports (torch, transformers) happen inside the commands, so `--gpus` is applied before CUDA starts
+and `pigg --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pigg.errors import PiggError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune vision-language models into GUI agents.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and generate data.")
+model_app = typer.Typer(no_args_is_help=True, help="Build embedded tiny models.")
+app.add_typer(data_app, name="data")
+app.add_typer(model_app, name="model")
+
+ConfigArg = Annotated[Path, typer.Argument(help="recipe YAML, e.g. configs/global_lora.yaml")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")]
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    gpus: Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0 or 0,1")] = None,
+):
+    """Train a global agent (LoRA or full fine-tuning) from a recipe."""
+    from pigg.train.run import select_gpus
+
+    select_gpus(gpus)
+    from pigg.config import load_config
+    from pigg.train.run import train as run_training
+
+    run_training(load_config(config, overrides))
+
+
+@data_app.command("show")
+def data_show(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    sample: Annotated[int, typer.Option(help="index among the selected training samples")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print input_ids and labels as JSON")] = False,
+):
+    """Render one sample as the trainer sees it; trained tokens are shown between [[ and ]]."""
+    from pigg.config import load_config
+    from pigg.data.show import show_sample
+    from pigg.train.run import prepare_data
+
+    data = prepare_data(load_config(config, overrides), check=False)
+    if not 0 <= sample < len(data.train):
+        raise PiggError(f"--sample {sample} is out of range: {len(data.train)} samples selected")
+    shown = show_sample(data.train[sample], data.renderer)
+    if as_json:
+        print(json.dumps(shown.to_json()))
+        return
+    print(f"# {shown.source}: {len(shown.input_ids)} tokens, {shown.trained_tokens} trained (between [[ ]])")
+    print(shown.text)
+
+
+@data_app.command("validate")
+def data_validate(config: ConfigArg, overrides: Overrides = None):
+    """Check the whole training (and eval) data set and list every problem."""
+    from pigg.config import load_config
+    from pigg.train.run import prepare_data
+
+    data = prepare_data(load_config(config, overrides))
+    print(f"ok: {len(data.train)} training samples" + (f", {len(data.eval)} eval samples" if data.eval else ""))
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="folder to write user_<id>.pkl files and images/ into")],
+    users: Annotated[int, typer.Option(help="number of users (ids 1..N)")] = 10,
+    per_user: Annotated[int, typer.Option(help="samples per user")] = 20,
+    habit_fraction: Annotated[float, typer.Option(help="share of samples that use a personal habit")] = 0.3,
+    seed: int = 0,
+):
+    """Generate synthetic GUI screenshots with instructions, answers and per-user habits."""
+    from pigg.data.synthetic import synthesize
+
+    path = synthesize(out, users, per_user, habit_fraction, seed)
+    print(f"wrote {users} users x {per_user} samples to {path}")
+
+
+@model_app.command("tiny")
+def model_tiny(
+    family: Annotated[str, typer.Argument(help="qwen3-vl")],
+    out: Annotated[Path, typer.Argument(help="folder for the Hugging Face model")],
+    seed: int = 0,
+):
+    """Build a tiny random-weight model of a real architecture, with its own tokenizer and template."""
+    from pigg.models.tiny import build_tiny
+
+    print(f"wrote tiny {family} model to {build_tiny(family, out, seed)}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the demo's data, model, runs and logs")] = Path("demo_out"),
+    users: int = 10,
+    per_user: int = 24,
+):
+    """The embedded demo: synthetic users, a tiny Qwen3-VL, global LoRA and full fine-tuning."""
+    from pigg.demo import run_demo
+
+    summary_path = run_demo(out, users=users, per_user=per_user)
+    print(summary_path)
+
+
+def main() -> None:
+    try:
+        app()
+    except PiggError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The experiment schema: YAML mirrored one to one by typed sections, validated before anything heavy loads.
+
+Every problem found is reported at once, by dotted key, with the nearest valid key suggested for typos.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pigg.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+UserSpec = int | str | list[int | str] | None
+
+
+def parse_users(spec: UserSpec) -> list[int] | None:
+    """Turn "11-83", "1-3,7", 5, [1, "4-6"] or "all"/None into a sorted id list (None means every user)."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return None
+    parts: list[int | str] = spec if isinstance(spec, list) else [spec]
+    ids: set[int] = set()
+    for part in parts:
+        for piece in str(part).split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", piece)
+            if match:
+                lo, hi = int(match.group(1)), int(match.group(2))
+                if lo > hi:
+                    raise ValueError(f"user range {piece!r} runs backwards")
+                ids.update(range(lo, hi + 1))
+            elif piece.isdigit():
+                ids.add(int(piece))
+            else:
+                raise ValueError(f"cannot read user selection {piece!r}; use ids and ranges like '11-83' or '1,4,7'")
+    return sorted(ids)
+
+
+class ModelSection(_Section):
+    name: str = Field(description="hub id (Qwen/Qwen3-VL-8B-Instruct) or a local folder")
+    family: Literal["auto", "qwen3_vl", "qwen2_5_vl"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+
+class DataSection(_Section):
+    path: str = Field(description="a folder of user_<id>.pkl files or a .jsonl file")
+    train_users: UserSpec = "all"
+    test_users: UserSpec = None
+    max_length: int = Field(4096, gt=0)
+    # Seed 000 rewrote system turns as user turns; Qwen-VL templates render a system turn natively.
+    system_turns: Literal["auto", "keep", "to_user"] = "auto"
+    on_error: Literal["stop", "skip"] = "stop"
+    max_samples: int | None = Field(None, gt=0)
+
+    @field_validator("train_users", "test_users")
+    @classmethod
+    def _users_readable(cls, value: UserSpec) -> UserSpec:
+        parse_users(value)
+        return value
+
+
+class LoraSection(_Section):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class TrainSection(_Section):
+    method: Literal["lora", "full"] = "lora"
+    output_dir: str = "runs/run"
+    learning_rate: float = Field(1e-6, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="-1: run for `epochs`")
+    batch_size: int = Field(1, gt=0)
+    grad_accum: int = Field(8, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+    bf16: Literal["auto"] | bool = "auto"
+    gradient_checkpointing: bool = True
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int = Field(3, gt=0)
+    logging_steps: int = Field(10, gt=0)
+    eval: bool = False
+    seed: int = 42
+    num_workers: int = Field(0, ge=0)
+    log_dir: str = "logs"
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
+
+
+class ExperimentConfig(_Section):
+    run_name: str | None = None
+    model: ModelSection
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+    @property
+    def name(self) -> str:
+        return self.run_name or Path(self.train.output_dir).name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`key.sub=value` strings → (key, YAML-parsed value) pairs."""
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return pairs
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at a location of the schema, for 'did you mean' hints."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return list(model.model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(str(p) for p in error["loc"])
+    # Union types add the tried type to loc ("train.bf16.bool"): keep the user's key only.
+    key_parts = []
+    model_keys = loc
+    for i in range(len(model_keys)):
+        key_parts.append(model_keys[i])
+        if model_keys[i] not in _valid_keys(tuple(key_parts[:-1])):
+            if error["type"] != "extra_forbidden":
+                key_parts.pop()
+            break
+    key = ".".join(key_parts) or "<root>"
+    if error["type"] == "extra_forbidden":
+        valid = _valid_keys(tuple(key_parts[:-1]))
+        hint = difflib.get_close_matches(key_parts[-1], valid, n=1, cutoff=0.5)
+        prefix = ".".join(key_parts[:-1])
+        suggestion = f"; did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?" if hint else ""
+        return f"unknown key '{key}'{suggestion} (valid here: {', '.join(valid)})"
+    if error["type"] == "missing":
+        return f"missing required key '{key}'"
+    got = error.get("input")
+    return f"'{key}': {error['msg']} (got {got!r})"
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> ExperimentConfig:
+    """Validate a config tree plus dotted overrides; every problem is reported in one ConfigError."""
+    tree = yaml.safe_load(yaml.safe_dump(raw)) or {}  # deep copy through plain types
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = sorted({_describe(e) for e in exc.errors()})
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{source}: {len(problems)} problem(s) in the config:\n{lines}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML recipe, apply `key=value` overrides, validate; relative data/model paths stay as written."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, train, lora)")
+    return build_config(raw, overrides, source=str(path))

@@ -1,0 +1,1 @@
+"""Samples, readers, validation, rendering (ids + labels) and synthetic GUI data."""

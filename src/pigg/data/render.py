@@ -1,0 +1,134 @@
+"""Messages → input ids + assistant-only labels, and batches of them. One path for training, `data show`,
+validation and evaluation loss, so they can never disagree about what a sample is.
+
+Policy and mechanism are separate: `assistant_spans` finds every assistant answer (the mechanism); which
+turns train is decided in `labels_for` (all assistant turns: the policy). Trained tokens are the answer
+and the turn's end token; the header, the prompt, image tokens and padding are IGNORE_INDEX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pigg.data.sample import Sample, load_image
+from pigg.errors import DataError
+from pigg.models.families import Family
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Markers:
+    """Token ids of the chat markup, looked up in the tokenizer (never hard-coded)."""
+
+    assistant_header: tuple[int, ...]
+    turn_end: int
+    image_pad: int
+    pad: int
+
+    @classmethod
+    def of(cls, tokenizer, family: Family) -> Markers:
+        header = tuple(tokenizer.encode(family.assistant_header, add_special_tokens=False))
+        end = tokenizer.convert_tokens_to_ids(family.turn_end)
+        pad_token = tokenizer.convert_tokens_to_ids(family.image_pad)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+        return cls(header, end, pad_token, pad)
+
+
+def assistant_spans(ids: list[int], markers: Markers) -> list[tuple[int, int]]:
+    """[start, stop) of every assistant answer: after the header, through the turn-end token."""
+    header, n = list(markers.assistant_header), len(markers.assistant_header)
+    spans = []
+    i = 0
+    while i <= len(ids) - n:
+        if ids[i : i + n] == header:
+            start = i + n
+            stop = start
+            while stop < len(ids) and ids[stop] != markers.turn_end:
+                stop += 1
+            stop = min(stop + 1, len(ids))  # include the end token when present
+            spans.append((start, stop))
+            i = stop
+        else:
+            i += 1
+    return spans
+
+
+def labels_for(ids: list[int], markers: Markers) -> list[int]:
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, stop in assistant_spans(ids, markers):
+        labels[start:stop] = ids[start:stop]
+    return labels
+
+
+def chat_messages(sample: Sample, family: Family, system_turns: str) -> list[dict[str, Any]]:
+    """The sample's messages as the chat template gets them, with the system-turn policy applied.
+
+    `to_user` reproduces seed 000 (system text sent as a user turn); `keep` and `auto` keep the system
+    turn, which both Qwen-VL templates render natively.
+    """
+    if system_turns == "to_user" or (system_turns == "auto" and not family.renders_system_turn):
+        return [{**m, "role": "user"} if m["role"] == "system" else m for m in sample.messages]
+    return sample.messages
+
+
+def render_text(processor, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+class Renderer:
+    """Turns samples into model inputs for one processor and family."""
+
+    def __init__(self, processor, family: Family, system_turns: str = "auto", max_length: int | None = None):
+        self.processor = processor
+        self.family = family
+        self.system_turns = system_turns
+        self.max_length = max_length
+        self.markers = Markers.of(processor.tokenizer, family)
+
+    def encode(self, sample: Sample) -> dict[str, torch.Tensor]:
+        """One sample → 1-D input_ids and labels, plus its images' pixel_values and grid sizes."""
+        try:
+            images = [load_image(ref, sample.base_dir) for ref in sample.image_refs()]
+        except DataError as exc:
+            raise DataError(f"{sample.source}: {exc}") from None
+        text = render_text(self.processor, chat_messages(sample, self.family, self.system_turns))
+        out = self.processor(text=[text], images=images or None, return_tensors="pt")
+        ids = out["input_ids"][0]
+        if self.max_length is not None and len(ids) > self.max_length:
+            raise DataError(
+                f"{sample.source}: {len(ids)} tokens exceed data.max_length={self.max_length}; "
+                "run validation first (it reports where the cut would fall)"
+            )
+        encoded = {k: v[0] for k, v in out.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        encoded["labels"] = torch.tensor(labels_for(ids.tolist(), self.markers))
+        if images:
+            encoded["pixel_values"] = out["pixel_values"]
+            encoded["image_grid_thw"] = out["image_grid_thw"]
+        return encoded
+
+    def collate(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        """Encode and right-pad a batch; a batch with no trained token is an error, not a zero loss."""
+        encoded = [self.encode(s) for s in samples]
+        if all((e["labels"] != IGNORE_INDEX).sum() == 0 for e in encoded):
+            sources = ", ".join(s.source for s in samples)
+            raise DataError(f"no trainable (assistant) token in batch [{sources}]: check the chat template")
+        return pad_batch(encoded, self.markers.pad)
+
+
+def pad_batch(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e["input_ids"]) for e in encoded)
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0, "mm_token_type_ids": 0}
+    batch: dict[str, torch.Tensor] = {}
+    for key, value in fill.items():
+        if key in encoded[0]:
+            rows = [torch.nn.functional.pad(e[key], (0, width - len(e[key])), value=value) for e in encoded]
+            batch[key] = torch.stack(rows)
+    with_images = [e for e in encoded if "pixel_values" in e]
+    if with_images:
+        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
+        batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+    return batch

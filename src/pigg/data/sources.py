@@ -1,0 +1,216 @@
+"""Readers: per-user pickle files (seed 000's format) and JSONL, both selecting users by id.
+
+Pickles go through a restricted unpickler: only the globals that plain sample data needs (builtin
+containers, PIL images, numpy arrays) may be named; anything else (os.system, subprocess, eval...) is
+refused before it can run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pigg.data.sample import Problem, Sample, Target
+from pigg.errors import DataError, UnsafePickleError
+
+ROLES = ("system", "user", "assistant")
+USER_FILE = re.compile(r"user_(\d+)\.pkl")
+
+_SAFE_GLOBALS = {
+    ("builtins", name)
+    for name in ("list", "dict", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float")
+    + ("complex", "bool", "object")
+} | {
+    ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # how bytes are pickled at protocol 2
+    ("copyreg", "_reconstructor"),  # protocols 0/1; the class it rebuilds is checked here too
+    ("PIL.Image", "Image"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+def _is_safe(module: str, name: str) -> bool:
+    if (module, name) in _SAFE_GLOBALS:
+        return True
+    # Images straight from Image.open pickle as their plugin class, e.g. PIL.PngImagePlugin.PngImageFile.
+    if re.fullmatch(r"PIL\.\w+ImagePlugin", module) and name.endswith("ImageFile"):
+        return True
+    return bool(module.startswith("numpy") and name.startswith("dtype[") or (module, name) == ("numpy", "dtypes"))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, stream, source: str):
+        super().__init__(stream)
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if not _is_safe(module, name):
+            raise UnsafePickleError(
+                f"{self.source}: refused to unpickle: it names the global '{module}.{name}', which is not "
+                "plain sample data (allowed: builtin containers, PIL images, numpy arrays). Nothing in the "
+                "file was executed. Re-save the data with plain lists/dicts, image paths or bytes."
+            )
+        return super().find_class(module, name)
+
+
+def safe_load_pickle(path: Path) -> Any:
+    """Unpickle `path` allowing only sample-data globals."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
+    except UnsafePickleError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable pickle: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class ReadResult:
+    samples: list[Sample]
+    problems: list[Problem]
+
+
+def normalise_messages(raw: Any) -> list[dict[str, Any]]:
+    """Bring a message list to the normalised form; raise ValueError naming what is malformed."""
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"messages must be a non-empty list of turns, got {type(raw).__name__}")
+    out = []
+    for t, turn in enumerate(raw):
+        if not isinstance(turn, dict):
+            raise ValueError(f"turn {t} is a {type(turn).__name__}, not a dict with 'role' and 'content'")
+        role = turn.get("role")
+        if role not in ROLES:
+            raise ValueError(f"turn {t} has role {role!r}; expected one of {', '.join(ROLES)}")
+        content = turn.get("content")
+        if isinstance(content, str):
+            items = [{"type": "text", "text": content}]
+        elif isinstance(content, list):
+            items = []
+            for i, item in enumerate(content):
+                if isinstance(item, dict) and (item.get("type") == "image" or "image" in item):
+                    if item.get("image") is None:
+                        raise ValueError(f"turn {t} item {i} is an image with no 'image' value")
+                    items.append({"type": "image", "image": item["image"]})
+                elif isinstance(item, dict) and (item.get("type") == "text" or "text" in item):
+                    if not isinstance(item.get("text"), str):
+                        raise ValueError(f"turn {t} item {i} has a non-string 'text'")
+                    items.append({"type": "text", "text": item["text"]})
+                else:
+                    raise ValueError(f"turn {t} item {i} is neither an image nor a text item: {item!r:.80}")
+        else:
+            raise ValueError(f"turn {t} content must be a string or a list, got {type(content).__name__}")
+        out.append({"role": role, "content": items})
+    return out
+
+
+def _record_to_sample(record: Any, source: str, base_dir: Path, user_id: int | None) -> Sample:
+    target = None
+    meta: dict[str, Any] = {}
+    if isinstance(record, dict) and "messages" in record:
+        messages = record["messages"]
+        target = Target.from_dict(record.get("target"))
+        user_id = record.get("user_id", user_id)
+        meta = {k: v for k, v in record.items() if k not in ("messages", "target", "user_id")}
+    else:
+        messages = record  # seed 000: a bare message list
+    return Sample(
+        messages=normalise_messages(messages),
+        user_id=int(user_id) if user_id is not None else None,
+        target=target,
+        source=source,
+        base_dir=base_dir,
+        meta=meta,
+    )
+
+
+def _collect(records: Iterable[tuple[Any, str, Path, int | None]]) -> ReadResult:
+    samples, problems = [], []
+    for record, source, base_dir, user_id in records:
+        try:
+            samples.append(_record_to_sample(record, source, base_dir, user_id))
+        except (ValueError, TypeError) as exc:
+            problems.append(Problem(source, f"malformed sample: {exc}"))
+    return ReadResult(samples, problems)
+
+
+def list_user_files(folder: Path) -> dict[int, Path]:
+    return {int(m.group(1)): p for p in sorted(folder.iterdir()) if (m := USER_FILE.fullmatch(p.name))}
+
+
+def read_pickle_dir(folder: Path, users: list[int] | None) -> ReadResult:
+    files = list_user_files(folder)
+    if not files:
+        raise DataError(f"{folder}: no user_<id>.pkl files found")
+    if users is not None:
+        missing = [u for u in users if u not in files]
+        if missing:
+            raise DataError(
+                f"{folder}: no file for user(s) {missing}; present: {sorted(files)[:20]}"
+                + ("..." if len(files) > 20 else "")
+            )
+        files = {u: files[u] for u in users}
+
+    def records():
+        for user_id, path in files.items():
+            data = safe_load_pickle(path)
+            if not isinstance(data, list):
+                raise DataError(f"{path}: expected a list of samples, found {type(data).__name__}")
+            for index, record in enumerate(data):
+                yield record, f"{path}#{index}", folder, user_id
+
+    return _collect(records())
+
+
+def read_jsonl(path: Path, users: list[int] | None) -> ReadResult:
+    wanted = set(users) if users is not None else None
+    problems: list[Problem] = []
+
+    def records():
+        with path.open() as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                source = f"{path}:{line_no}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    problems.append(Problem(source, f"malformed sample: not valid JSON ({exc.msg})"))
+                    continue
+                user_id = record.get("user_id") if isinstance(record, dict) else None
+                if wanted is not None:
+                    if user_id is None:
+                        problems.append(Problem(source, "no user_id, but the config selects users"))
+                        continue
+                    if int(user_id) not in wanted:
+                        continue
+                yield record, source, path.parent, user_id
+
+    result = _collect(records())
+    result.problems[:0] = problems
+    return result
+
+
+def read_samples(path: str | Path, users: list[int] | None) -> ReadResult:
+    """Read a folder of user_<id>.pkl files or a .jsonl file, keeping only `users` (None: all)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_pickle_dir(path, users)
+    if path.is_file() and path.suffix == ".jsonl":
+        return read_jsonl(path, users)
+    if not path.exists():
+        raise DataError(f"data.path {path} does not exist")
+    raise DataError(f"data.path {path} is neither a folder of user_<id>.pkl files nor a .jsonl file")

@@ -1,0 +1,146 @@
+"""The up-front check of a whole data set, before any weights load.
+
+Every problem is reported with its file, sample index and cause. Lengths are computed exactly as the
+processor will produce them (rendered text tokenised, each image placeholder expanded by the image's
+token count from its header size), without decoding pixels, so a 100k-sample set checks in about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pigg.data.render import Renderer, assistant_spans, chat_messages, render_text
+from pigg.data.sample import Problem, Sample, image_size
+from pigg.errors import DataError
+from pigg.models.coords import image_token_count
+
+
+@dataclass
+class Layout:
+    """Where things sit in a rendered sample's token sequence."""
+
+    length: int
+    image_spans: list[tuple[int, int]]
+    trained_spans: list[tuple[int, int]]
+
+
+@dataclass
+class ValidationReport:
+    samples: list[Sample]  # the usable ones
+    problems: list[Problem]
+    checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _structure_problems(sample: Sample) -> list[str]:
+    causes = []
+    assistants = [m for m in sample.messages if m["role"] == "assistant"]
+    if not assistants:
+        causes.append("no assistant turn: nothing to train on")
+    for t, message in enumerate(sample.messages):
+        if message["role"] == "assistant":
+            text = "".join(i.get("text", "") for i in message["content"] if i["type"] == "text")
+            if not text.strip():
+                causes.append(f"empty answer in assistant turn {t}")
+            if any(i["type"] == "image" for i in message["content"]):
+                causes.append(f"assistant turn {t} contains an image")
+    return causes
+
+
+def layout_of(ids: list[int], image_tokens: list[int], renderer: Renderer) -> Layout:
+    """Expand each image placeholder of unexpanded `ids` and locate image and answer spans."""
+    expanded: list[int] = []
+    image_spans = []
+    counts = iter(image_tokens)
+    for token in ids:
+        if token == renderer.markers.image_pad:
+            n = next(counts)
+            image_spans.append((len(expanded), len(expanded) + n))
+            expanded.extend([token] * n)
+        else:
+            expanded.append(token)
+    return Layout(len(expanded), image_spans, assistant_spans(expanded, renderer.markers))
+
+
+def _length_problem(layout: Layout, max_length: int) -> str | None:
+    if layout.length <= max_length:
+        return None
+    for k, (start, stop) in enumerate(layout.image_spans):
+        if start < max_length < stop:
+            return (
+                f"{layout.length} tokens > data.max_length={max_length}: truncation would cut through "
+                f"image {k + 1}'s tokens ({start}-{stop}), leaving text and image features out of step; "
+                "raise max_length or lower model.max_pixels"
+            )
+    for start, stop in layout.trained_spans:
+        if stop > max_length:
+            return (
+                f"{layout.length} tokens > data.max_length={max_length}: the answer (tokens {start}-{stop}) "
+                "would be cut off; raise max_length or lower model.max_pixels"
+            )
+    return f"{layout.length} tokens > data.max_length={max_length}"
+
+
+def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> ValidationReport:
+    """Check every sample; return the usable ones and one Problem per cause found."""
+    problems: list[Problem] = []
+    candidates: list[tuple[Sample, str, list[int]]] = []
+    image_processor = renderer.processor.image_processor
+    for sample in samples:
+        causes = _structure_problems(sample)
+        token_counts = []
+        for k, ref in enumerate(sample.image_refs()):
+            try:
+                width, height = image_size(ref, sample.base_dir)
+                token_counts.append(image_token_count(image_processor, width, height))
+            except DataError as exc:
+                causes.append(f"image {k + 1}: {exc}")
+        if causes:
+            problems.extend(Problem(sample.source, c) for c in causes)
+            continue
+        text = render_text(renderer.processor, chat_messages(sample, renderer.family, renderer.system_turns))
+        candidates.append((sample, text, token_counts))
+
+    usable = []
+    tokenizer = renderer.processor.tokenizer
+    for chunk_start in range(0, len(candidates), 1024):
+        chunk = candidates[chunk_start : chunk_start + 1024]
+        encoded = tokenizer([text for _, text, _ in chunk], add_special_tokens=False)["input_ids"]
+        for (sample, _, counts), ids in zip(chunk, encoded, strict=True):
+            if ids.count(renderer.markers.image_pad) != len(counts):
+                problems.append(Problem(sample.source, "image placeholders in the text do not match its images"))
+                continue
+            layout = layout_of(ids, counts, renderer)
+            if not any(stop > start for start, stop in layout.trained_spans):
+                problems.append(Problem(sample.source, "no answer tokens found after rendering the chat template"))
+                continue
+            cause = _length_problem(layout, max_length)
+            if cause:
+                problems.append(Problem(sample.source, cause))
+                continue
+            usable.append(sample)
+    return ValidationReport(usable, problems, len(samples))
+
+
+def enforce(report: ValidationReport, on_error: str, run_dir: Path | None = None) -> list[Sample]:
+    """Apply `data.on_error`: stop with every problem listed, or skip the bad samples and record them."""
+    if report.ok:
+        return report.samples
+    if on_error == "skip":
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with (run_dir / "skipped_samples.jsonl").open("w") as handle:
+                for problem in report.problems:
+                    handle.write(json.dumps({"source": problem.source, "cause": problem.cause}) + "\n")
+        return report.samples
+    shown = "\n".join(f"  - {p}" for p in report.problems[:50])
+    more = f"\n  ... and {len(report.problems) - 50} more" if len(report.problems) > 50 else ""
+    raise DataError(
+        f"{len(report.problems)} problem(s) in {report.checked} samples; nothing was trained. "
+        f"Fix them, or set data.on_error=skip to train on the {len(report.samples)} good samples:\n{shown}{more}"
+    )

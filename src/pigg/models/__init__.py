@@ -1,0 +1,1 @@
+"""Model families, the embedded tiny models, loading, and what trains."""

@@ -1,0 +1,116 @@
+"""Loading processors and models by hub id or local folder: the same path for the tiny and the 8B model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import transformers
+from transformers import AutoConfig
+
+from pigg.errors import ConfigError
+from pigg.models.families import Family, family_for_model_type, get_family
+
+PROCESSOR_CLASSES = {"qwen3_vl": "Qwen3VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
+
+
+def _image_only(base: type) -> type:
+    """A processor of `base` without its video processor.
+
+    The stock Qwen-VL processors build a video processor that needs torchvision, which has no CPU wheel
+    here. GUI grounding needs images only; saved folders still name the stock class so that a machine
+    with torchvision loads them with `AutoProcessor`.
+    """
+
+    class ImageOnlyProcessor(base):
+        @classmethod
+        def get_attributes(cls) -> list[str]:
+            return ["image_processor", "tokenizer"]
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(
+                image_processor=image_processor,
+                tokenizer=tokenizer,
+                video_processor=None,
+                chat_template=chat_template,
+                **kwargs,
+            )
+
+        def to_dict(self) -> dict[str, Any]:
+            out = super().to_dict()
+            out["processor_class"] = base.__name__
+            return out
+
+    ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"{base.__name__}ImageOnly"
+    return ImageOnlyProcessor
+
+
+def read_model_type(name_or_path: str) -> str:
+    try:
+        return AutoConfig.from_pretrained(name_or_path).model_type
+    except OSError as exc:
+        raise ConfigError(f"cannot read a model config from {name_or_path!r}: {exc}") from None
+
+
+def resolve_family(name_or_path: str, family: str = "auto") -> Family:
+    """The family named in the config, or the one the model's config.json declares."""
+    if family != "auto":
+        return get_family(family)
+    local = Path(name_or_path)
+    if local.is_dir() and not (local / "config.json").exists():
+        # A processor-only folder (tokenizer + templates, no weights) still says what it is.
+        for candidate in ("processor_config.json", "preprocessor_config.json"):
+            if (local / candidate).exists():
+                cls = json.loads((local / candidate).read_text()).get("processor_class", "")
+                for fam, proc in PROCESSOR_CLASSES.items():
+                    if cls.startswith(proc):
+                        return get_family(fam)
+        raise ConfigError(f"{local} has no config.json; set model.family explicitly")
+    return family_for_model_type(read_model_type(name_or_path))
+
+
+def load_processor(
+    name_or_path: str,
+    family: Family,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+):
+    """The model's processor (tokenizer + image processor + chat template).
+
+    Uses the stock processor where torchvision is installed and the image-only one otherwise.
+    """
+    base = getattr(transformers, PROCESSOR_CLASSES[family.name])
+    try:
+        processor = base.from_pretrained(name_or_path)
+    except (ImportError, OSError):
+        # No torchvision, or a folder saved without a video processor config (pigg's own folders).
+        try:
+            processor = _image_only(base).from_pretrained(name_or_path)
+        except OSError as exc:
+            raise ConfigError(f"cannot load a processor from {name_or_path!r}: {exc}") from None
+    if processor.chat_template is None:
+        raise ConfigError(f"{name_or_path}: no chat template found (chat_template.jinja/json or tokenizer_config)")
+    size = dict(processor.image_processor.size)
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    if min_pixels is not None or max_pixels is not None:
+        processor.image_processor.size = {k: v for k, v in size.items() if k in ("shortest_edge", "longest_edge")}
+    return processor
+
+
+def load_model(name_or_path: str, dtype, device_map: str | dict | None = None, attn_implementation=None):
+    """The full vision-language model, weights included."""
+    from transformers import AutoModelForImageTextToText
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    except OSError as exc:
+        raise ConfigError(f"cannot load model weights from {name_or_path!r}: {exc}") from None

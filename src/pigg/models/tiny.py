@@ -1,0 +1,161 @@
+"""Embedded tiny models: random weights in a shrunken copy of a real architecture, with a small tokenizer
+and a chat template pigg builds itself, saved as an ordinary Hugging Face folder.
+
+They load through exactly the same `from_pretrained` path as Qwen/Qwen3-VL-8B-Instruct, so tests and the
+demo exercise the real code. The tokenizer is small (about 1k tokens) because with the real 152k
+vocabulary the embeddings and output layer would be ~98% of the model and dominate step time on CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Written for pigg in the Qwen chat format (im_start/im_end turns, vision markers around each image).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message.role + '\\n' -}}"
+    "{%- if message.content is string -%}{{- message.content -}}"
+    "{%- else -%}{%- for item in message.content -%}"
+    "{%- if item.type == 'image' or 'image' in item -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in item -%}{{- item.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# Words the tokenizer learns merges for: GUI vocabulary, instructions, answer syntax. Anything else
+# still encodes (byte-level alphabet), only in more tokens.
+_CORPUS_WORDS = """
+click tap press select open close the a an on in to of my your this that button icon menu field label link tab
+window dialog settings file edit view help save cancel ok yes no login logout sign search send delete submit
+back next home profile mail music photos calendar notes chat maps camera store news weather clock contacts
+usernames password email name text box top bottom left right middle center corner upper lower favourite usual
+thing app bar toolbar sidebar panel item list checkbox toggle slider dropdown please where is find go
+red green blue yellow orange purple white black gray grey pink dark light big small
+system user assistant you are a helpful gui agent answer with point coordinates
+"""
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE tokenizer with Qwen's special tokens and single-digit numbers (as Qwen does)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    words = _CORPUS_WORDS.split()
+    corpus = [" ".join(words[i : i + 8]) for i in range(0, len(words), 3)] * 4
+    corpus += [f"({x}, {y})" for x, y in [(1, 2), (34, 567), (890, 12)]] + [w.capitalize() for w in words]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+    )
+
+
+def _qwen3_vl_config(tokenizer):
+    from transformers import Qwen3VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return Qwen3VLConfig(
+        text_config={
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 4096,
+            # mrope sections must sum to head_dim / 2 (real model: 24+20+20 for head_dim 128).
+            "rope_scaling": {"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+            "rope_theta": 10000.0,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "dtype": "float32",
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": 128,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 256,
+            "deepstack_visual_indexes": [1],  # must be below depth
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+
+
+# (config builder, model class name, processor class name, image patch size)
+_TINY = {"qwen3-vl": (_qwen3_vl_config, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", 16)}
+
+
+def build_tiny(family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256) -> Path:
+    """Write a tiny random-weight model of `family` ("qwen3-vl") to `out` and return the folder."""
+    import transformers
+
+    from pigg.models.loading import _image_only
+
+    if family not in _TINY:
+        raise ValueError(f"no tiny model for {family!r}; available: {', '.join(_TINY)}")
+    make_config, model_cls, proc_cls, patch = _TINY[family]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    config = make_config(tokenizer)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).to(torch.float32)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.save_pretrained(out)
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        size={"shortest_edge": (2 * patch) ** 2 * 4, "longest_edge": max_pixels},
+    )
+    processor = _image_only(getattr(transformers, proc_cls))(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+    )
+    processor.save_pretrained(out)
+    return out

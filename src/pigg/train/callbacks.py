@@ -1,0 +1,83 @@
+"""The run's log file (stdout and stderr teed), and progress lines with throughput and ETA."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class _Tee:
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def tee_output(path: Path) -> Iterator[Path]:
+    """Copy everything printed to stdout and stderr into `path` as well (seed 000's TeeLogger)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", buffering=1) as log:
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(old_out, log), _Tee(old_err, log)
+        try:
+            yield path
+        finally:
+            sys.stdout, sys.stderr = old_out, old_err
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressCallback(TrainerCallback):
+    """One line per logging step: loss, lr, samples/s, tokens/s (non-padding), elapsed and ETA.
+
+    Lines rather than a redrawn bar, because the same text goes to the log file.
+    """
+
+    def __init__(self, samples_per_step: int):
+        self.samples_per_step = samples_per_step
+        self.start = 0.0
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+        self.start_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or state.global_step == self.start_step:
+            return
+        elapsed = time.perf_counter() - self.start
+        steps = state.global_step - self.start_step
+        per_step = elapsed / steps
+        samples_s = steps * self.samples_per_step / elapsed
+        tokens_s = (state.num_input_tokens_seen - self.start_tokens) / elapsed
+        remaining = (state.max_steps - state.global_step) * per_step
+        print(
+            f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
+            f"lr {logs.get('learning_rate', 0):.2e} | grad_norm {logs.get('grad_norm', float('nan')):.3f} | "
+            f"{samples_s:.2f} samples/s | {tokens_s:.0f} tokens/s | {_clock(elapsed)} elapsed, ETA {_clock(remaining)}",
+            flush=True,
+        )
