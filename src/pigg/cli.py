@@ -15,7 +15,9 @@ import typer
 
 from pigg.errors import PiggError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune vision-language models into GUI agents.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Fine-tune vision-language models into GUI agents."
+)
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and generate data.")
 model_app = typer.Typer(no_args_is_help=True, help="Build embedded tiny models.")
 app.add_typer(data_app, name="data")
@@ -71,7 +73,9 @@ def data_validate(config: ConfigArg, overrides: Overrides = None):
     from pigg.train.run import prepare_data
 
     data = prepare_data(load_config(config, overrides))
-    print(f"ok: {len(data.train)} training samples" + (f", {len(data.eval)} eval samples" if data.eval else ""))
+    print(
+        f"ok: {len(data.train)} training samples" + (f", {len(data.eval)} eval samples" if data.eval else "")
+    )
 
 
 @data_app.command("synth")
@@ -103,7 +107,9 @@ def model_tiny(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the demo's data, model, runs and logs")] = Path("demo_out"),
+    out: Annotated[Path, typer.Option(help="folder for the demo's data, model, runs and logs")] = Path(
+        "demo_out"
+    ),
     users: int = 10,
     per_user: int = 24,
 ):

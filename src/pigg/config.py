@@ -43,7 +43,9 @@ def parse_users(spec: UserSpec) -> list[int] | None:
             elif piece.isdigit():
                 ids.add(int(piece))
             else:
-                raise ValueError(f"cannot read user selection {piece!r}; use ids and ranges like '11-83' or '1,4,7'")
+                raise ValueError(
+                    f"cannot read user selection {piece!r}; use ids and ranges like '11-83' or '1,4,7'"
+                )
     return sorted(ids)
 
 
@@ -183,7 +185,9 @@ def _describe(error: dict[str, Any]) -> str:
     return f"'{key}': {error['msg']} (got {got!r})"
 
 
-def build_config(raw: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>") -> ExperimentConfig:
+def build_config(
+    raw: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>"
+) -> ExperimentConfig:
     """Validate a config tree plus dotted overrides; every problem is reported in one ConfigError."""
     tree = yaml.safe_load(yaml.safe_dump(raw)) or {}  # deep copy through plain types
     for key, value in parse_overrides(overrides or []):

@@ -39,11 +39,13 @@ def run_demo(out: Path, users: int = 10, per_user: int = 24) -> Path:
         cfg = load_config(
             CONFIGS / f"demo_{method}.yaml", [*paths, f"train.output_dir={out / 'runs' / f'global_{method}'}"]
         )
-        results[method] = train(cfg)
+        results[method] = train(cfg).summary
 
     print("\nmethod | steps | seconds | loss first -> last")
     for method, s in results.items():
-        print(f"{method:6} | {s['steps']:5} | {s['train_seconds']:7} | {s['first_loss']:.3f} -> {s['last_loss']:.3f}")
+        print(
+            f"{method:6} | {s['steps']:5} | {s['train_seconds']:7} | {s['first_loss']:.3f} -> {s['last_loss']:.3f}"
+        )
     summary = {
         "seconds": round(time.perf_counter() - started, 1),
         "runs": {m: {k: v for k, v in s.items() if k != "losses"} for m, s in results.items()},

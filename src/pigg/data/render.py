@@ -76,7 +76,9 @@ def chat_messages(sample: Sample, family: Family, system_turns: str) -> list[dic
 
 
 def render_text(processor, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
 class Renderer:
@@ -103,7 +105,9 @@ class Renderer:
                 f"{sample.source}: {len(ids)} tokens exceed data.max_length={self.max_length}; "
                 "run validation first (it reports where the cut would fall)"
             )
-        encoded = {k: v[0] for k, v in out.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        encoded = {
+            k: v[0] for k, v in out.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")
+        }
         encoded["labels"] = torch.tensor(labels_for(ids.tolist(), self.markers))
         if images:
             encoded["pixel_values"] = out["pixel_values"]

@@ -33,7 +33,10 @@ class Target:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"point": list(self.point) if self.point else None, "box": list(self.box) if self.box else None}
+        return {
+            "point": list(self.point) if self.point else None,
+            "box": list(self.box) if self.box else None,
+        }
 
 
 @dataclass

@@ -37,6 +37,8 @@ _SAFE_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 
@@ -46,7 +48,8 @@ def _is_safe(module: str, name: str) -> bool:
     # Images straight from Image.open pickle as their plugin class, e.g. PIL.PngImagePlugin.PngImageFile.
     if re.fullmatch(r"PIL\.\w+ImagePlugin", module) and name.endswith("ImageFile"):
         return True
-    return bool(module.startswith("numpy") and name.startswith("dtype[") or (module, name) == ("numpy", "dtypes"))
+    # numpy >= 2 pickles dtypes as classes of numpy.dtypes (Float64DType, ...).
+    return module == "numpy.dtypes" and name.endswith("DType")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -84,16 +84,17 @@ def _draw_chrome(draw: ImageDraw.ImageDraw, width: int, height: int, title: str,
         x += int(0.08 * width)
 
 
-def _button_box(cell, width, height, rng) -> tuple[int, int, int, int]:
+def _button_box(cell, width, height, rng) -> tuple[float, float, float, float]:
+    """A box centred exactly on the cell, so every answer is one of nine points whatever the screen size."""
     cx, cy = cell_centre(cell, width, height)
     bw = rng.uniform(0.14, 0.22) * width
     bh = rng.uniform(0.07, 0.10) * height
-    return int(cx - bw / 2), int(cy - bh / 2), int(cx + bw / 2), int(cy + bh / 2)
+    return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
 
 
 def _draw_button(draw, box, label, colour):
     x1, y1, x2, y2 = box
-    draw.rounded_rectangle(box, radius=max(4, (y2 - y1) // 5), fill=colour, outline=(20, 20, 20), width=2)
+    draw.rounded_rectangle(box, radius=max(4, int(y2 - y1) // 5), fill=colour, outline=(20, 20, 20), width=2)
     font = _font(int((y2 - y1) * 0.45))
     tw = draw.textlength(label, font=font)
     draw.text(((x1 + x2 - tw) / 2, y1 + (y2 - y1) * 0.25), label, fill=(255, 255, 255), font=font)
@@ -106,10 +107,19 @@ def _draw_decoration(draw, cell, width, height, rng):
     unit = min(width, height)
     if kind == "field":
         w, h = 0.20 * width, 0.035 * height
-        draw.rectangle([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], fill=(255, 255, 255), outline=(160, 160, 160))
-        draw.text((cx - w / 2 + 6, cy - h / 3), rng.choice(["Name", "Email", "Search..."]), fill=(170, 170, 170))
+        draw.rectangle(
+            [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], fill=(255, 255, 255), outline=(160, 160, 160)
+        )
+        draw.text(
+            (cx - w / 2 + 6, cy - h / 3), rng.choice(["Name", "Email", "Search..."]), fill=(170, 170, 170)
+        )
     elif kind == "label":
-        draw.text((cx - 0.06 * width, cy), rng.choice(LABELS).lower(), fill=(120, 120, 120), font=_font(int(0.02 * unit)))
+        draw.text(
+            (cx - 0.06 * width, cy),
+            rng.choice(LABELS).lower(),
+            fill=(120, 120, 120),
+            font=_font(int(0.02 * unit)),
+        )
     else:
         r = 0.025 * unit
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rng.choice(COLOURS))
@@ -120,7 +130,9 @@ def make_screen(rng: random.Random, buttons: list[tuple[str, tuple[int, int]]], 
     width, height = size
     image = Image.new("RGB", size, rng.choice(BACKGROUNDS))
     draw = ImageDraw.Draw(image)
-    _draw_chrome(draw, width, height, rng.choice(["Desktop", "Workspace", "Launcher", "Home"]), (222, 226, 230))
+    _draw_chrome(
+        draw, width, height, rng.choice(["Desktop", "Workspace", "Launcher", "Home"]), (222, 226, 230)
+    )
     used = {cell for _, cell in buttons}
     for cell in rng.sample([c for c in GRID if c not in used], k=min(2, 9 - len(used))):
         _draw_decoration(draw, cell, width, height, rng)
@@ -150,7 +162,10 @@ def _sample_record(user: UserHabits, rng: random.Random, image_path: str, folder
     point = ((x1 + x2) / 2, (y1 + y2) / 2)
     rx, ry = to_relative_1000(*point, *size)
     messages = [
-        {"role": "user", "content": [{"type": "image", "image": image_path}, {"type": "text", "text": instruction}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image_path}, {"type": "text", "text": instruction}],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": f"({rx}, {ry})"}]},
     ]
     return {
@@ -160,7 +175,9 @@ def _sample_record(user: UserHabits, rng: random.Random, image_path: str, folder
     }
 
 
-def synthesize(out: str | Path, users: int, per_user: int, habit_fraction: float = 0.3, seed: int = 0) -> Path:
+def synthesize(
+    out: str | Path, users: int, per_user: int, habit_fraction: float = 0.3, seed: int = 0
+) -> Path:
     """Write `users` user_<id>.pkl files (ids 1..users) of `per_user` samples each, images under images/."""
     out = Path(out)
     rng = random.Random(seed)

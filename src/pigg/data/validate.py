@@ -113,11 +113,15 @@ def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> Vali
         encoded = tokenizer([text for _, text, _ in chunk], add_special_tokens=False)["input_ids"]
         for (sample, _, counts), ids in zip(chunk, encoded, strict=True):
             if ids.count(renderer.markers.image_pad) != len(counts):
-                problems.append(Problem(sample.source, "image placeholders in the text do not match its images"))
+                problems.append(
+                    Problem(sample.source, "image placeholders in the text do not match its images")
+                )
                 continue
             layout = layout_of(ids, counts, renderer)
             if not any(stop > start for start, stop in layout.trained_spans):
-                problems.append(Problem(sample.source, "no answer tokens found after rendering the chat template"))
+                problems.append(
+                    Problem(sample.source, "no answer tokens found after rendering the chat template")
+                )
                 continue
             cause = _length_problem(layout, max_length)
             if cause:

@@ -83,21 +83,26 @@ def load_processor(
     base = getattr(transformers, PROCESSOR_CLASSES[family.name])
     try:
         processor = base.from_pretrained(name_or_path)
-    except (ImportError, OSError):
-        # No torchvision, or a folder saved without a video processor config (pigg's own folders).
+    except (ImportError, OSError, ValueError):
+        # No torchvision, or a folder without a video processor config (pigg's own folders, or a
+        # processor-only folder with no config.json from which to guess one).
         try:
             processor = _image_only(base).from_pretrained(name_or_path)
         except OSError as exc:
             raise ConfigError(f"cannot load a processor from {name_or_path!r}: {exc}") from None
     if processor.chat_template is None:
-        raise ConfigError(f"{name_or_path}: no chat template found (chat_template.jinja/json or tokenizer_config)")
+        raise ConfigError(
+            f"{name_or_path}: no chat template found (chat_template.jinja/json or tokenizer_config)"
+        )
     size = dict(processor.image_processor.size)
     if min_pixels is not None:
         size["shortest_edge"] = min_pixels
     if max_pixels is not None:
         size["longest_edge"] = max_pixels
     if min_pixels is not None or max_pixels is not None:
-        processor.image_processor.size = {k: v for k, v in size.items() if k in ("shortest_edge", "longest_edge")}
+        processor.image_processor.size = {
+            k: v for k, v in size.items() if k in ("shortest_edge", "longest_edge")
+        }
     return processor
 
 

@@ -42,7 +42,9 @@ class PreparedData:
 
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True) -> PreparedData:
-    """Processor and checked samples, without loading any weights."""
+    """Processor and checked samples, without loading any weights. Skipped samples are listed in run_dir
+    (default: the run's output folder)."""
+    run_dir = Path(cfg.train.output_dir) if run_dir is None else run_dir
     family = resolve_family(cfg.model.name, cfg.model.family)
     processor = load_processor(cfg.model.name, family, cfg.model.min_pixels, cfg.model.max_pixels)
     renderer = Renderer(processor, family, cfg.data.system_turns, cfg.data.max_length)
@@ -90,8 +92,14 @@ def _precision(cfg: ExperimentConfig):
     return cuda, dtype
 
 
-def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> dict:
-    """Run the training described by `cfg`; returns the run summary (also written to the run folder)."""
+@dataclass
+class TrainResult:
+    summary: dict  # also written to RUN/pigg_run.json
+    model: object  # the trained model in memory (a PeftModel for LoRA)
+
+
+def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> TrainResult:
+    """Run the training described by `cfg` and save the run folder."""
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
@@ -120,7 +128,12 @@ def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> dict:
             + f" (checked in {time.perf_counter() - started:.1f}s)"
         )
 
-        spread = cuda and torch.cuda.device_count() > 1 and cfg.train.method == "full" and "WORLD_SIZE" not in os.environ
+        spread = (
+            cuda
+            and torch.cuda.device_count() > 1
+            and cfg.train.method == "full"
+            and "WORLD_SIZE" not in os.environ
+        )
         model = load_model(cfg.model.name, dtype, "auto" if spread else None, cfg.model.attn_implementation)
         model = apply_method(model, data.family, cfg.train.method, cfg.lora)
         print(trainable_line(model))
@@ -190,4 +203,4 @@ def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> dict:
             f"done: {summary['steps']} steps in {summary['train_seconds']}s; loss {summary['first_loss']:.4f} "
             f"-> {summary['last_loss']:.4f}; saved to {run_dir}"
         )
-        return summary
+        return TrainResult(summary, trainer.model)

@@ -1,0 +1,68 @@
+"""Shared fixtures: one tiny Qwen3-VL and one small synthetic data set per test session.
+
+Real Qwen asset files (tokenizer, templates, full-size configs) are read from ../shared/assets when
+present; tests that need them skip with the reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def asset(name: str) -> Path:
+    path = ASSETS / name
+    if not (path / "vocab.json").exists():
+        pytest.skip(f"real Qwen asset folder {path} is absent (it lives in ../shared/assets)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from pigg.models.tiny import build_tiny
+
+    return build_tiny("qwen3-vl", tmp_path_factory.mktemp("tiny") / "tiny-qwen3-vl")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    from pigg.data.synthetic import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("synth") / "data", users=3, per_user=8, seed=1)
+
+
+@pytest.fixture
+def tiny_config(tiny_model, synth_data, tmp_path):
+    """A config factory for short tiny runs; overrides are dotted key=value strings."""
+    from pigg.config import build_config
+
+    def make(*overrides: str):
+        raw = {
+            "model": {"name": str(tiny_model)},
+            "data": {"path": str(synth_data), "train_users": "1-3", "max_length": 256},
+            "train": {
+                "output_dir": str(tmp_path / "run"),
+                "log_dir": str(tmp_path / "logs"),
+                "learning_rate": 2e-3,
+                "batch_size": 4,
+                "grad_accum": 1,
+                "max_steps": 4,
+                "save_steps": 100,
+                "logging_steps": 1,
+                "gradient_checkpointing": False,
+            },
+        }
+        return build_config(raw, list(overrides))
+
+    return make

@@ -1,0 +1,41 @@
+"""The synthetic users: real screen sizes, answers that agree with the targets, habits that differ per user."""
+
+import re
+
+from PIL import Image
+
+from pigg.data.sources import read_samples
+from pigg.data.synthetic import GRID, SCREEN_SIZES, cell_centre
+
+
+def test_synthetic_users_are_read_by_the_real_reader(synth_data):
+    result = read_samples(synth_data, users=None)
+    assert not result.problems
+    assert sorted({s.user_id for s in result.samples}) == [1, 2, 3]
+    assert len(result.samples) == 24
+    for sample in result.samples:
+        image = Image.open(synth_data / sample.image_refs()[0])
+        assert image.size in SCREEN_SIZES
+        x1, y1, x2, y2 = sample.target.box
+        px, py = sample.target.point
+        assert x1 < px < x2 and y1 < py < y2
+        rx, ry = map(int, re.fullmatch(r"\((\d+), (\d+)\)", sample.answer()).groups())
+        # the answer, in Qwen3-VL's 0-1000 coordinates, maps back inside the target box
+        assert x1 <= rx / 1000 * image.width <= x2 and y1 <= ry / 1000 * image.height <= y2
+
+
+def test_targets_sit_on_the_nine_grid_points(synth_data):
+    answers = {s.answer() for s in read_samples(synth_data, users=None).samples}
+    grid_answers = {
+        f"({round(cell_centre(c, 1, 1)[0] * 1000)}, {round(cell_centre(c, 1, 1)[1] * 1000)})" for c in GRID
+    }
+    assert answers <= grid_answers
+
+
+def test_habit_samples_point_at_each_users_own_favourite_cell(synth_data):
+    samples = read_samples(synth_data, users=None).samples
+    favourite = {}
+    for sample in samples:
+        if sample.meta.get("kind") == "habit":
+            favourite.setdefault(sample.user_id, set()).add(sample.answer())
+    assert favourite and all(len(answers) == 1 for answers in favourite.values())
