@@ -161,14 +161,14 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
+    """(key, value given or None, what is wrong) for one pydantic error."""
     loc = tuple(str(p) for p in error["loc"])
-    # Union types add the tried type to loc ("train.bf16.bool"): keep the user's key only.
-    key_parts = []
-    model_keys = loc
-    for i in range(len(model_keys)):
-        key_parts.append(model_keys[i])
-        if model_keys[i] not in _valid_keys(tuple(key_parts[:-1])):
+    # Union types add the tried member to loc ("train.bf16.bool"): keep the user's key only.
+    key_parts: list[str] = []
+    for part in loc:
+        key_parts.append(part)
+        if part not in _valid_keys(tuple(key_parts[:-1])):
             if error["type"] != "extra_forbidden":
                 key_parts.pop()
             break
@@ -178,11 +178,28 @@ def _describe(error: dict[str, Any]) -> str:
         hint = difflib.get_close_matches(key_parts[-1], valid, n=1, cutoff=0.5)
         prefix = ".".join(key_parts[:-1])
         suggestion = f"; did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?" if hint else ""
-        return f"unknown key '{key}'{suggestion} (valid here: {', '.join(valid)})"
+        return key, None, f"unknown key '{key}'{suggestion} (valid here: {', '.join(valid)})"
     if error["type"] == "missing":
-        return f"missing required key '{key}'"
-    got = error.get("input")
-    return f"'{key}': {error['msg']} (got {got!r})"
+        return key, None, f"missing required key '{key}'"
+    return key, repr(error.get("input")), error["msg"]
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """One line per key; a union-typed key ("auto" | bool) gets its members' messages joined."""
+    messages: dict[str, list[str]] = {}
+    given: dict[str, str | None] = {}
+    for error in exc.errors():
+        key, value, text = _describe(error)
+        given[key] = value
+        if text not in messages.setdefault(key, []):
+            messages[key].append(text)
+    lines = []
+    for key, texts in messages.items():
+        if given[key] is None:
+            lines.extend(texts)
+        else:
+            lines.append(f"'{key}': {' or '.join(texts)} (got {given[key]})")
+    return sorted(lines)
 
 
 def build_config(
@@ -195,7 +212,7 @@ def build_config(
     try:
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = sorted({_describe(e) for e in exc.errors()})
+        problems = _problems(exc)
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{source}: {len(problems)} problem(s) in the config:\n{lines}") from None
 
