@@ -82,3 +82,15 @@ def test_lora_trains_only_adapters_on_the_language_model(tiny_config, tiny_model
     assert (run / "processor_config.json").exists() and (run / "chat_template.jinja").exists()
     log = next((tmp_path / "logs").glob("run_lora_*.log")).read_text()
     assert "trainable params: " in log
+
+
+def test_tiny_qwen2_5_vl_trains_through_the_same_path(tiny_config, tmp_path):
+    from pigg.models.tiny import build_tiny
+
+    folder = build_tiny("qwen2.5-vl", tmp_path / "tiny-qwen2.5-vl")
+    result = train(tiny_config(f"model.name={folder}", "train.method=lora", "train.learning_rate=1e-2"))
+    assert result.summary["family"] == "qwen2_5_vl"
+    losses = [loss for _, loss in result.summary["losses"]]
+    assert losses[-1] < losses[0]
+    trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
+    assert trainable and not any("visual" in n for n in trainable)

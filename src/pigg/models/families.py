@@ -5,7 +5,7 @@ Looked up by the config's `model_type`, never by regex on a model's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pigg.errors import ConfigError
@@ -51,19 +51,12 @@ QWEN3_VL = Family(
     coordinates="relative_1000",
 )
 
-QWEN2_5_VL = Family(
+# Same module layout and chat markup; one projector (no deepstack), pixel coordinates, default system turn.
+QWEN2_5_VL = replace(
+    QWEN3_VL,
     name="qwen2_5_vl",
     model_types=("qwen2_5_vl",),
-    vision_tower="model.visual",
-    vision_blocks="model.visual.blocks",
     projector=("model.visual.merger",),
-    llm_layers="model.language_model.layers",
-    embeddings="model.language_model.embed_tokens",
-    lm_head="lm_head",
-    assistant_header="<|im_start|>assistant\n",
-    turn_end="<|im_end|>",
-    image_pad="<|image_pad|>",
-    renders_system_turn=True,
     coordinates="resized_pixels",
     default_system_prompt="You are a helpful assistant.",
 )

@@ -121,12 +121,57 @@ def _qwen3_vl_config(tokenizer):
     )
 
 
+def _qwen2_5_vl_config(tokenizer):
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return Qwen2_5_VLConfig(
+        text_config={
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 4096,
+            # head_dim 32 here: mrope sections sum to 16 (real model: 16+24+24 for head_dim 128)
+            "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
+            "rope_theta": 10000.0,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "dtype": "float32",
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": 128,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+
+
 # (config builder, model class name, processor class name, image patch size)
-_TINY = {"qwen3-vl": (_qwen3_vl_config, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", 16)}
+_TINY = {
+    "qwen3-vl": (_qwen3_vl_config, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", 16),
+    "qwen2.5-vl": (_qwen2_5_vl_config, "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", 14),
+}
 
 
 def build_tiny(family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256) -> Path:
-    """Write a tiny random-weight model of `family` ("qwen3-vl") to `out` and return the folder."""
+    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl") to `out`; return the folder."""
     import transformers
 
     from pigg.models.loading import _image_only
