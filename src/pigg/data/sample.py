@@ -65,11 +65,6 @@ class Sample:
                 return "".join(i.get("text", "") for i in message["content"] if i.get("type") == "text")
         return ""
 
-    def prompt_messages(self) -> list[dict[str, Any]]:
-        """The conversation up to (not including) the last assistant turn: what a model is asked."""
-        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
-        return self.messages[:last]
-
 
 def resolve_image_path(ref: str, base_dir: Path | None) -> Path:
     path = Path(ref)

@@ -31,8 +31,6 @@ class Family:
     # Whether the chat template renders a system turn itself (then `system_turns: auto` keeps it).
     renders_system_turn: bool
     coordinates: CoordinateConvention
-    # Qwen2.5-VL's template inserts "You are a helpful assistant." when no system turn is given.
-    default_system_prompt: str | None = None
 
 
 QWEN3_VL = Family(
@@ -51,14 +49,14 @@ QWEN3_VL = Family(
     coordinates="relative_1000",
 )
 
-# Same module layout and chat markup; one projector (no deepstack), pixel coordinates, default system turn.
+# Same module layout and chat markup; one projector (no deepstack), pixel coordinates. Its template adds
+# "You are a helpful assistant." when a conversation has no system turn.
 QWEN2_5_VL = replace(
     QWEN3_VL,
     name="qwen2_5_vl",
     model_types=("qwen2_5_vl",),
     projector=("model.visual.merger",),
     coordinates="resized_pixels",
-    default_system_prompt="You are a helpful assistant.",
 )
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_VL, QWEN2_5_VL)}

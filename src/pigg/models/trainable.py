@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 
-import torch
 from torch import nn
 
 from pigg.config import LoraSection
@@ -83,8 +82,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def trainable_line(model: nn.Module) -> str:
     trainable, total = count_parameters(model)
     return f"trainable params: {trainable:,} / {total:,} ({100 * trainable / total:.2f}%)"
-
-
-def snapshot(model: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    """Copies of every parameter under a module prefix (for checking frozen parts stay bit-identical)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if prefix in n}
