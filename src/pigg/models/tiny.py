@@ -78,28 +78,37 @@ def build_tokenizer(vocab_size: int = 1024):
     )
 
 
+def _text_config(tokenizer, **extra) -> dict:
+    """The shrunken language model both tiny families share: hidden 128, 4 layers, 4 heads."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    return {
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "dtype": "float32",
+        **extra,
+    }
+
+
 def _qwen3_vl_config(tokenizer):
     from transformers import Qwen3VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen3VLConfig(
-        text_config={
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 32,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 4096,
-            # mrope sections must sum to head_dim / 2 (real model: 24+20+20 for head_dim 128).
-            "rope_scaling": {"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
-            "rope_theta": 10000.0,
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "dtype": "float32",
-        },
+        # mrope sections must sum to head_dim / 2 (real model: 24+20+20 for head_dim 128).
+        text_config=_text_config(
+            tokenizer,
+            head_dim=32,
+            rope_scaling={"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
+        ),
         vision_config={
             "depth": 2,
             "hidden_size": 64,
@@ -126,22 +135,8 @@ def _qwen2_5_vl_config(tokenizer):
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
-        text_config={
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 4096,
-            # head_dim 32 here: mrope sections sum to 16 (real model: 16+24+24 for head_dim 128)
-            "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
-            "rope_theta": 10000.0,
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "dtype": "float32",
-        },
+        # head_dim is 128/4 = 32: mrope sections sum to 16 (real model: 16+24+24 for head_dim 128).
+        text_config=_text_config(tokenizer, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]}),
         vision_config={
             "depth": 2,
             "hidden_size": 64,
