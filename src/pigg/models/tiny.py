@@ -78,83 +78,77 @@ def build_tokenizer(vocab_size: int = 1024):
     )
 
 
-def _text_config(tokenizer, **extra) -> dict:
-    """The shrunken language model both tiny families share: hidden 128, 4 layers, 4 heads."""
+def _shrunk_config(tokenizer, text: dict, vision: dict) -> dict:
+    """Config kwargs both tiny families share: hidden 128, 4 layers, 4 heads (head_dim 32), a 2-block
+    vision tower of width 64, and the token ids looked up in pigg's tokenizer; `text`/`vision` add the
+    family's own keys."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return {
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": len(tokenizer),
-        "max_position_embeddings": 4096,
-        "rope_theta": 10000.0,
-        "bos_token_id": ids["<|endoftext|>"],
-        "eos_token_id": ids["<|im_end|>"],
-        "pad_token_id": ids["<|endoftext|>"],
+        "text_config": {
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 4096,
+            "rope_theta": 10000.0,
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "dtype": "float32",
+            **text,
+        },
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "out_hidden_size": 128,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            **vision,
+        },
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+        "tie_word_embeddings": False,
         "dtype": "float32",
-        **extra,
     }
 
 
 def _qwen3_vl_config(tokenizer):
     from transformers import Qwen3VLConfig
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen3VLConfig(
-        # mrope sections must sum to head_dim / 2 (real model: 24+20+20 for head_dim 128).
-        text_config=_text_config(
+        **_shrunk_config(
             tokenizer,
-            head_dim=32,
-            rope_scaling={"rope_type": "default", "mrope_section": [6, 5, 5], "mrope_interleaved": True},
-        ),
-        vision_config={
-            "depth": 2,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_heads": 4,
-            "out_hidden_size": 128,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 256,
-            "deepstack_visual_indexes": [1],  # must be below depth
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-        dtype="float32",
+            # mrope sections must sum to head_dim / 2 (real model: 24+20+20 for head_dim 128).
+            text={
+                "head_dim": 32,
+                "rope_scaling": {
+                    "rope_type": "default",
+                    "mrope_section": [6, 5, 5],
+                    "mrope_interleaved": True,
+                },
+            },
+            # deepstack indexes must be below the vision depth
+            vision={"patch_size": 16, "num_position_embeddings": 256, "deepstack_visual_indexes": [1]},
+        )
     )
 
 
 def _qwen2_5_vl_config(tokenizer):
     from transformers import Qwen2_5_VLConfig
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
-        # head_dim is 128/4 = 32: mrope sections sum to 16 (real model: 16+24+24 for head_dim 128).
-        text_config=_text_config(tokenizer, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]}),
-        vision_config={
-            "depth": 2,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_heads": 4,
-            "out_hidden_size": 128,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-        dtype="float32",
+        **_shrunk_config(
+            tokenizer,
+            # head_dim is 128/4 = 32: mrope sections sum to 16 (real model: 16+24+24 for head_dim 128).
+            text={"rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}},
+            vision={"patch_size": 14, "window_size": 56, "fullatt_block_indexes": [1]},
+        )
     )
 
 
