@@ -85,11 +85,16 @@ def data_synth(
     per_user: Annotated[int, typer.Option(help="samples per user")] = 20,
     habit_fraction: Annotated[float, typer.Option(help="share of samples that use a personal habit")] = 0.3,
     seed: int = 0,
+    layout: Annotated[
+        str, typer.Option(help="random: buttons anywhere; fixed: each label on its own cell")
+    ] = "random",
 ):
     """Generate synthetic GUI screenshots with instructions, answers and per-user habits."""
     from pigg.data.synthetic import synthesize
 
-    path = synthesize(out, users, per_user, habit_fraction, seed)
+    if layout not in ("random", "fixed"):
+        raise PiggError(f"--layout {layout!r}: use 'random' or 'fixed'")
+    path = synthesize(out, users, per_user, habit_fraction, seed, layout)
     print(f"wrote {users} users x {per_user} samples to {path}")
 
 
@@ -105,15 +110,107 @@ def model_tiny(
     print(f"wrote tiny {family} model to {build_tiny(family, out, seed)}")
 
 
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="hub id, model folder, pigg run folder or adapter folder")
+]
+AdapterOpt = Annotated[str | None, typer.Option(help="a LoRA adapter folder to apply on top of --model")]
+UserOpt = Annotated[int | None, typer.Option("--user", help="apply this user's adapter from RUN/users/ID")]
+
+
+@app.command()
+def predict(
+    model: ModelOpt = None,
+    image: Annotated[Path | None, typer.Option(help="the screenshot")] = None,
+    prompt: Annotated[str | None, typer.Option(help='the instruction, e.g. "click the login button"')] = None,
+    adapter: AdapterOpt = None,
+    user: UserOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="PNG with the click drawn (default: ./<image>_click.png)")
+    ] = None,
+    max_new_tokens: int = 32,
+):
+    """Predict where to click on one screenshot: prints the answer and the point, draws it on a PNG."""
+    from pigg.grounding.predict import predict_click
+
+    if model is None or image is None or prompt is None:
+        raise PiggError("pigg predict needs --model, --image and --prompt")
+    result = predict_click(model, image, prompt, adapter, user, out, max_new_tokens)
+    print(f"answer: {result.click.raw!r}")
+    if result.click.point is None:
+        print("click: none (the answer holds no point or box)")
+    else:
+        x, y = result.click.point
+        print(f"click: ({x:.1f}, {y:.1f}) px on a {result.click.size[0]}x{result.click.size[1]} screenshot")
+    print(result.png)
+
+
+@app.command("eval")
+def evaluate(
+    model: ModelOpt = None,
+    adapter: AdapterOpt = None,
+    user: UserOpt = None,
+    compare: Annotated[
+        str | None, typer.Option(help="comma-separated models on the same samples; 'base' is the runs' base")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="data folder or .jsonl (default: the run's data.path)")
+    ] = None,
+    users: Annotated[
+        str | None, typer.Option(help="user ids, e.g. 1-10 (default: the run's test users)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="report folder (default: RUN/eval)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="screens per generation batch")] = None,
+    radius: Annotated[
+        float | None, typer.Option(help="hit radius as a fraction of the diagonal (no box)")
+    ] = None,
+    max_new_tokens: int | None = None,
+    max_samples: int | None = None,
+    loss: Annotated[bool, typer.Option("--loss", help="also compute evaluation loss")] = False,
+):
+    """Click accuracy of a model, or of several side by side (--compare base,RUN), with a report."""
+    from pigg.grounding.evaluate import run_eval
+
+    specs = [s.strip() for s in compare.split(",")] if compare else []
+    if model is not None:
+        specs.insert(0, model)
+    if not specs:
+        raise PiggError("pigg eval needs --model or --compare")
+    path = run_eval(
+        specs,
+        adapter=adapter,
+        user=user,
+        data=data,
+        users=users,
+        out=out,
+        max_samples=max_samples,
+        batch_size=batch_size,
+        radius=radius,
+        max_new_tokens=max_new_tokens,
+        loss=loss,
+    )
+    print(path)
+
+
+@app.command()
+def personalize(
+    run: Annotated[Path, typer.Argument(help="the global run folder (LoRA or full)")],
+    overrides: Overrides = None,
+):
+    """Train, save and evaluate one LoRA adapter per user on top of a global run (RUN/users/<id>/)."""
+    from pigg.grounding.personalize import personalize as run_personalize
+
+    print(run_personalize(run, overrides))
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the demo's data, model, runs and logs")] = Path(
         "demo_out"
     ),
-    users: int = 10,
-    per_user: int = 24,
+    users: int = 12,
+    per_user: int = 80,
 ):
-    """The embedded demo: synthetic users, a tiny Qwen3-VL, global LoRA and full fine-tuning."""
+    """The embedded demo: synthetic users, a tiny Qwen3-VL, global training, evaluation, personalization."""
     from pigg.demo import run_demo
 
     summary_path = run_demo(out, users=users, per_user=per_user)

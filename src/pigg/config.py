@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pigg.errors import ConfigError
 
@@ -106,12 +106,64 @@ class TrainSection(_Section):
     report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
 
 
+class EvalSection(_Section):
+    """How clicks are evaluated (`pigg eval`, `pigg personalize`, the demo)."""
+
+    batch_size: int = Field(16, gt=0)
+    # A click without a known box is right within this fraction of the screenshot diagonal.
+    radius: float = Field(0.05, gt=0, le=1)
+    max_new_tokens: int = Field(32, gt=0)
+
+
+class PersonalizeSection(_Section):
+    """Per-user LoRA adapters on top of a global run (`pigg personalize`)."""
+
+    users: UserSpec = Field(None, description="whom to personalize; default: data.test_users")
+    # Each user's samples are split into adapt and test parts, per kind, by this seed and fraction.
+    adapt_fraction: float = Field(0.5, gt=0, lt=1)
+    split_seed: int = 0
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    max_steps: int = Field(100, gt=0)
+    batch_size: int = Field(4, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+
+    @field_validator("users")
+    @classmethod
+    def _users_readable(cls, value: UserSpec) -> UserSpec:
+        parse_users(value)
+        return value
+
+
+class VisionSection(_Section):
+    """How the vision tower (without the aligner) trains. Seed 000 keeps it frozen; a random-weight tiny
+    model has to learn to see, so the demo trains it fully."""
+
+    method: Literal["frozen", "full"] = "frozen"
+
+
 class ExperimentConfig(_Section):
     run_name: str | None = None
     model: ModelSection
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
     lora: LoraSection = Field(default_factory=LoraSection)
+    vision: VisionSection = Field(default_factory=VisionSection)
+    # The aligner (projector) merges vision features into the LLM's space.
+    aligner: Literal["frozen", "full"] = "frozen"
+    eval: EvalSection = Field(default_factory=EvalSection)
+    personalize: PersonalizeSection = Field(default_factory=PersonalizeSection)
+
+    @model_validator(mode="after")
+    def _vision_training_needs_full(self) -> ExperimentConfig:
+        if self.train.method == "lora" and (self.vision.method != "frozen" or self.aligner != "frozen"):
+            raise ValueError(
+                "vision.method and aligner must be 'frozen' with train.method=lora "
+                "(parts trained fully go with train.method=full)"
+            )
+        return self
 
     @property
     def name(self) -> str:

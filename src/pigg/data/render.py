@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from pigg.data.sample import Sample, load_image
+from pigg.data.sample import Sample, image_size, load_image
 from pigg.errors import DataError
+from pigg.models.coords import format_point, to_model
 from pigg.models.families import Family
 
 IGNORE_INDEX = -100
@@ -64,15 +65,32 @@ def labels_for(ids: list[int], markers: Markers) -> list[int]:
     return labels
 
 
-def chat_messages(sample: Sample, family: Family, system_turns: str) -> list[dict[str, Any]]:
-    """The sample's messages as the chat template gets them, with the system-turn policy applied.
+def chat_messages(
+    sample: Sample, family: Family, system_turns: str, image_processor=None
+) -> list[dict[str, Any]]:
+    """The sample's messages as the chat template gets them.
 
-    `to_user` reproduces seed 000 (system text sent as a user turn); `keep` and `auto` keep the system
-    turn, which both Qwen-VL templates render natively.
+    The system-turn policy is applied: `to_user` reproduces seed 000 (system text sent as a user turn);
+    `keep` and `auto` keep the system turn, which both Qwen-VL templates render natively. A sample whose
+    answer is derived from its target (`answer_from_target`, as pigg's synthetic data is) gets its last
+    answer written in the family's coordinates here, the one place a stored pixel target becomes text.
     """
+    messages = sample.messages
     if system_turns == "to_user" or (system_turns == "auto" and not family.renders_system_turn):
-        return [{**m, "role": "user"} if m["role"] == "system" else m for m in sample.messages]
-    return sample.messages
+        messages = [{**m, "role": "user"} if m["role"] == "system" else m for m in messages]
+    if sample.meta.get("answer_from_target") and sample.target and sample.target.point:
+        size = image_size(sample.image_refs()[-1], sample.base_dir)  # the current screen
+        answer = format_point(to_model(sample.target.point, size, family, image_processor))
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        messages = [*messages[:last], {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        messages += sample.messages[last + 1 :]
+    return messages
+
+
+def prompt_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation up to (not including) its last assistant turn: what a model is asked."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    return messages[:last]
 
 
 def render_text(processor, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
@@ -91,13 +109,16 @@ class Renderer:
         self.max_length = max_length
         self.markers = Markers.of(processor.tokenizer, family)
 
+    def messages(self, sample: Sample) -> list[dict[str, Any]]:
+        return chat_messages(sample, self.family, self.system_turns, self.processor.image_processor)
+
     def encode(self, sample: Sample) -> dict[str, torch.Tensor]:
         """One sample → 1-D input_ids and labels, plus its images' pixel_values and grid sizes."""
         try:
             images = [load_image(ref, sample.base_dir) for ref in sample.image_refs()]
         except DataError as exc:
             raise DataError(f"{sample.source}: {exc}") from None
-        text = render_text(self.processor, chat_messages(sample, self.family, self.system_turns))
+        text = render_text(self.processor, self.messages(sample))
         out = self.processor(text=[text], images=images or None, return_tensors="pt")
         ids = out["input_ids"][0]
         if self.max_length is not None and len(ids) > self.max_length:

@@ -18,6 +18,7 @@ import pickle
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -87,8 +88,8 @@ def _draw_chrome(draw: ImageDraw.ImageDraw, width: int, height: int, title: str,
 def _button_box(cell, width, height, rng) -> tuple[float, float, float, float]:
     """A box centred exactly on the cell, so every answer is one of nine points whatever the screen size."""
     cx, cy = cell_centre(cell, width, height)
-    bw = rng.uniform(0.14, 0.22) * width
-    bh = rng.uniform(0.07, 0.10) * height
+    bw = rng.uniform(0.22, 0.30) * width
+    bh = rng.uniform(0.13, 0.18) * height
     return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
 
 
@@ -144,7 +145,13 @@ def make_screen(rng: random.Random, buttons: list[tuple[str, tuple[int, int]]], 
     return image, boxes
 
 
-def _sample_record(user: UserHabits, rng: random.Random, image_path: str, folder: Path, habit: bool) -> dict:
+# The "fixed" layout: nine labels, each always on its own cell, as apps keep their buttons in place.
+HOME_CELLS = dict(zip(LABELS, GRID, strict=False))
+
+
+def _sample_record(
+    user: UserHabits, rng: random.Random, image_path: str, folder: Path, habit: bool, layout: str
+) -> dict:
     size = rng.choice(SCREEN_SIZES)
     if habit:
         others = rng.sample([c for c in GRID if c != user.favourite_cell], 2)
@@ -152,8 +159,12 @@ def _sample_record(user: UserHabits, rng: random.Random, image_path: str, folder
         buttons = [(user.favourite, user.favourite_cell)] + list(zip(labels, others, strict=True))
         instruction = user.habit_phrase
     else:
-        label = rng.choice(LABELS)
-        buttons = [(label, rng.choice(GRID))]
+        if layout == "fixed":
+            label = rng.choice(list(HOME_CELLS))
+            buttons = [(label, HOME_CELLS[label])]
+        else:
+            label = rng.choice(LABELS)
+            buttons = [(label, rng.choice(GRID))]
         name = user.aliases.get(label, label)
         instruction = rng.choice(["click the {} button", "tap {}", "press {}", "click {}"]).format(name)
     image, boxes = make_screen(rng, buttons, size)
@@ -172,13 +183,24 @@ def _sample_record(user: UserHabits, rng: random.Random, image_path: str, folder
         "messages": messages,
         "target": {"point": list(point), "box": list(boxes[0])},
         "kind": "habit" if habit else "generic",
+        # The answer above is Qwen3-VL's form; pigg re-renders it from `target` for other families.
+        "answer_from_target": True,
     }
 
 
 def synthesize(
-    out: str | Path, users: int, per_user: int, habit_fraction: float = 0.3, seed: int = 0
+    out: str | Path,
+    users: int,
+    per_user: int,
+    habit_fraction: float = 0.3,
+    seed: int = 0,
+    layout: Literal["random", "fixed"] = "random",
 ) -> Path:
-    """Write `users` user_<id>.pkl files (ids 1..users) of `per_user` samples each, images under images/."""
+    """Write `users` user_<id>.pkl files (ids 1..users) of `per_user` samples each, images under images/.
+
+    layout "random" puts a generic sample's button on any cell (the model must look); "fixed" puts each
+    label on its home cell (the instruction alone says where: a quick task for tests).
+    """
     out = Path(out)
     rng = random.Random(seed)
     habits = [UserHabits.draw(u, rng) for u in range(1, users + 1)]
@@ -188,7 +210,7 @@ def synthesize(
         for index in range(per_user):
             habit = rng.random() < habit_fraction
             path = f"images/user_{user.user_id:03d}/{index:05d}.png"
-            records.append(_sample_record(user, rng, path, out, habit))
+            records.append(_sample_record(user, rng, path, out, habit, layout))
         with (out / f"user_{user.user_id}.pkl").open("wb") as handle:
             pickle.dump(records, handle, protocol=4)
     (out / "habits.txt").write_text(

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pigg.data.render import Renderer, assistant_spans, chat_messages, render_text
+from pigg.data.render import Renderer, assistant_spans, render_text
 from pigg.data.sample import Problem, Sample, image_size
 from pigg.errors import DataError
 from pigg.models.coords import image_token_count
@@ -103,7 +103,7 @@ def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> Vali
         if causes:
             problems.extend(Problem(sample.source, c) for c in causes)
             continue
-        text = render_text(renderer.processor, chat_messages(sample, renderer.family, renderer.system_turns))
+        text = render_text(renderer.processor, renderer.messages(sample))
         candidates.append((sample, text, token_counts))
 
     usable = []

@@ -46,7 +46,14 @@ def _image_only(base: type) -> type:
     return ImageOnlyProcessor
 
 
+def looks_local(name_or_path: str) -> bool:
+    """A path rather than a hub id ("owner/name"): absolute, relative with ./, or more than one slash."""
+    return Path(name_or_path).is_absolute() or name_or_path.startswith(".") or name_or_path.count("/") > 1
+
+
 def read_model_type(name_or_path: str) -> str:
+    if looks_local(name_or_path) and not Path(name_or_path).is_dir():
+        raise ConfigError(f"model folder {name_or_path} does not exist")
     try:
         return AutoConfig.from_pretrained(name_or_path).model_type
     except OSError as exc:

@@ -44,13 +44,29 @@ def llm_linear_pattern(model: nn.Module, family: Family) -> str:
     return rf"{layers}\.\d+\.(?:{alternatives})"
 
 
-def apply_method(model: nn.Module, family: Family, method: str, lora: LoraSection) -> nn.Module:
-    """Freeze the vision side; for LoRA wrap the LLM's linear layers, for full train the whole LLM."""
+def is_aligner(name: str, family: Family) -> bool:
+    return any(_under(name, prefix) for prefix in family.projector)
+
+
+def apply_method(
+    model: nn.Module,
+    family: Family,
+    method: str,
+    lora: LoraSection,
+    vision: str = "frozen",
+    aligner: str = "frozen",
+) -> nn.Module:
+    """Freeze the vision side (unless `vision` / `aligner` say "full"); for LoRA wrap the LLM's linear
+    layers, for full train the whole LLM."""
     freeze_vision(model, family)
     if method == "full":
         for name, param in model.named_parameters():
             if not _under(name, family.vision_tower):
                 param.requires_grad_(True)
+            elif is_aligner(name, family):
+                param.requires_grad_(aligner == "full")
+            else:
+                param.requires_grad_(vision == "full")
         return model
     from peft import LoraConfig, get_peft_model
 

@@ -135,7 +135,7 @@ def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> TrainResu
             and "WORLD_SIZE" not in os.environ
         )
         model = load_model(cfg.model.name, dtype, "auto" if spread else None, cfg.model.attn_implementation)
-        model = apply_method(model, data.family, cfg.train.method, cfg.lora)
+        model = apply_method(model, data.family, cfg.train.method, cfg.lora, cfg.vision.method, cfg.aligner)
         print(trainable_line(model))
 
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,223 @@
+"""A GUI agent for inference: a model reference resolved, loaded once, and asked where to click.
+
+A model reference is what a user types after `--model`: a hub id, a model folder, a pigg run folder
+(full weights, or a LoRA adapter over its base), or an adapter folder; `--adapter` adds an adapter and
+`--user ID` adds that user's personal adapter from RUN/users/ID. Adapters below the last are merged into
+the weights, so the result is one plain model, or one PeftModel whose active adapter can be swapped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from pigg.data.render import Renderer, prompt_messages, render_text
+from pigg.data.sample import Sample, load_image
+from pigg.errors import ConfigError
+from pigg.grounding.parse import parse_click
+from pigg.models.coords import from_model
+from pigg.models.loading import load_model, load_processor, resolve_family
+
+ADAPTER_CONFIG = "adapter_config.json"
+USERS_DIR = "users"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What to load: base weights, then adapters in order."""
+
+    label: str
+    base: str
+    adapters: tuple[str, ...] = ()
+    processor_from: str = ""  # a folder or hub id holding the processor; the base when empty
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The pigg run this reference starts from, if any (personal adapters live under it)."""
+        for candidate in (*self.adapters[:1], self.base):
+            if (Path(candidate) / "pigg_run.json").exists():
+                return Path(candidate)
+        return None
+
+
+def _adapter_base(folder: Path) -> str:
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{folder / ADAPTER_CONFIG} does not name its base model")
+    return base
+
+
+def _has_processor(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").exists() and (
+        (folder / "preprocessor_config.json").exists() or (folder / "processor_config.json").exists()
+    )
+
+
+def user_adapter_dir(run_dir: Path, user: int) -> Path:
+    return Path(run_dir) / USERS_DIR / str(user)
+
+
+def _adapter_chain(spec: str) -> tuple[str, list[str]]:
+    """(base weights, adapters from the innermost out) of a folder that may be an adapter over an adapter
+    (a user's adapter over a LoRA global run over the base model)."""
+    adapters: list[str] = []
+    current = spec
+    while (Path(current) / ADAPTER_CONFIG).exists():
+        if current in adapters or len(adapters) > 8:
+            raise ConfigError(f"{spec}: adapters name each other as base models in a loop")
+        adapters.insert(0, current)
+        current = _adapter_base(Path(current))
+    return current, adapters
+
+
+def resolve_model(spec: str, adapter: str | None = None, user: int | None = None) -> ModelRef:
+    """Turn `--model SPEC [--adapter PATH] [--user ID]` into a ModelRef; errors name what is missing."""
+    folder = Path(spec)
+    base, adapters = _adapter_chain(spec)
+    if adapter is not None:
+        if not (Path(adapter) / ADAPTER_CONFIG).exists():
+            raise ConfigError(f"--adapter {adapter}: no {ADAPTER_CONFIG} there")
+        adapters.append(adapter)
+    if user is not None:
+        user_dir = user_adapter_dir(folder, user)
+        if not (user_dir / ADAPTER_CONFIG).exists():
+            available = sorted(
+                p.name for p in (folder / USERS_DIR).glob("*") if (p / ADAPTER_CONFIG).exists()
+            )
+            raise ConfigError(
+                f"--user {user}: no personal adapter at {user_dir}; "
+                + (f"users with one: {', '.join(available)}" if available else "run `pigg personalize` first")
+            )
+        adapters.append(str(user_dir))
+    # The processor comes from the outermost folder that holds one (runs save theirs), else the base.
+    processor_from = next((a for a in [spec, *reversed(adapters)] if _has_processor(Path(a))), base)
+    label = folder.name if folder.exists() else spec
+    if user is not None:
+        label += f"+user{user}"
+    return ModelRef(label=label, base=base, adapters=tuple(adapters), processor_from=processor_from)
+
+
+def base_of(ref: ModelRef) -> ModelRef:
+    """The zero-shot model under a reference: its base weights with no adapter, labelled "base"."""
+    run = ref.run_dir
+    base = ref.base
+    if run is not None and not ref.adapters:  # a full fine-tuning run: its base is recorded in the run
+        base = json.loads((run / "pigg_run.json").read_text())["base_model"]
+    return ModelRef(label="base", base=base, processor_from=ref.processor_from)
+
+
+def default_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_weights(ref: ModelRef, dtype: torch.dtype | None = None, merge_all: bool = True):
+    """The model of `ref`: every adapter merged, or (merge_all=False) all but the last, which stays a
+    PeftModel adapter named after its folder."""
+    from peft import PeftModel
+
+    model = load_model(ref.base, dtype or default_dtype(), "auto" if torch.cuda.is_available() else None)
+    keep = () if merge_all else ref.adapters[-1:]
+    for path in ref.adapters[: len(ref.adapters) - len(keep)]:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    for path in keep:
+        model = PeftModel.from_pretrained(model, path, adapter_name=Path(path).name)
+    return model.eval()
+
+
+@dataclass
+class Click:
+    """One answer read as a click: the raw text, and the point in screenshot pixels (None: unreadable)."""
+
+    raw: str
+    point: tuple[float, float] | None
+    size: tuple[int, int]
+    model_point: tuple[float, float] | None = None
+    form: str | None = None
+
+
+@dataclass
+class Agent:
+    """A loaded model with its processor: renders prompts exactly as training did and reads the clicks."""
+
+    model: object
+    processor: object
+    renderer: Renderer
+    max_new_tokens: int = 32
+    label: str = "model"
+    stats: dict = field(default_factory=lambda: {"screens": 0, "seconds": 0.0})
+
+    @classmethod
+    def load(
+        cls, ref: ModelRef, dtype=None, merge_all: bool = True, system_turns: str = "auto", **kw
+    ) -> Agent:
+        family = resolve_family(ref.base)
+        processor = load_processor(ref.processor_from or ref.base, family)
+        model = load_weights(ref, dtype, merge_all)
+        return cls(model, processor, Renderer(processor, family, system_turns), label=ref.label, **kw)
+
+    @property
+    def family(self):
+        return self.renderer.family
+
+    def _generate(self, prompts: list[list[dict]], images: list[list[Image.Image]]) -> list[str]:
+        import time
+
+        tokenizer = self.processor.tokenizer
+        texts = [render_text(self.processor, p, add_generation_prompt=True) for p in prompts]
+        flat = [image for group in images for image in group]
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"  # generation continues every row from its last real token
+        try:
+            inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+        finally:
+            tokenizer.padding_side = side
+        inputs = inputs.to(self.model.device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=self.renderer.markers.pad,
+            )
+        self.stats["seconds"] += time.perf_counter() - started
+        self.stats["screens"] += len(texts)
+        new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def read_click(self, raw: str, size: tuple[int, int]) -> Click:
+        parsed = parse_click(raw)
+        if parsed is None:
+            return Click(raw, None, size)
+        point = from_model(parsed.point, size, self.family, self.processor.image_processor)
+        return Click(raw, point, size, parsed.point, parsed.form)
+
+    def click(self, image: Image.Image, instruction: str) -> Click:
+        """Where to click on `image` for `instruction` (seed 001's test_model.py)."""
+        prompt = [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}],
+            }
+        ]
+        raw = self._generate([prompt], [[image]])[0]
+        return self.read_click(raw, image.size)
+
+    def click_samples(self, samples: list[Sample], batch_size: int = 8, progress=None) -> list[Click]:
+        """Batched greedy answers for the samples' prompts (their last answer is what is being predicted)."""
+        clicks: list[Click] = []
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            prompts = [prompt_messages(self.renderer.messages(s)) for s in chunk]
+            images = [[load_image(ref, s.base_dir) for ref in s.image_refs()] for s in chunk]
+            raws = self._generate(prompts, images)
+            clicks += [self.read_click(raw, imgs[-1].size) for raw, imgs in zip(raws, images, strict=True)]
+            if progress:
+                progress(len(clicks), len(samples))
+        return clicks

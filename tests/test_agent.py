@@ -1,0 +1,241 @@
+"""Predict, evaluate and personalize with a tiny model trained here for a few seconds.
+
+The data uses the "fixed" layout (each label on its own cell) so that the instruction alone says where
+to click: a random-weight tiny model learns that in seconds, and a model that did not learn it cannot
+score above chance. Habit samples ("the usual") differ per user, for personalization.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pigg.cli import app
+from pigg.data.render import Renderer, prompt_messages
+from pigg.data.sources import read_samples
+from pigg.grounding.agent import Agent, load_weights, resolve_model
+from pigg.grounding.evaluate import eval_loss, run_eval
+from pigg.models.coords import format_point, to_model
+from pigg.models.families import QWEN2_5_VL
+
+CHANCE = 1 / 9  # nine cells
+
+
+@pytest.fixture(scope="module")
+def fixed_data(tmp_path_factory):
+    from pigg.data.synthetic import synthesize
+
+    return synthesize(
+        tmp_path_factory.mktemp("fixed") / "data",
+        users=4,
+        per_user=40,
+        habit_fraction=0.25,
+        seed=3,
+        layout="fixed",
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model, fixed_data, tmp_path_factory):
+    """A global full fine-tuning run on users 3-4; users 1-2 are held out."""
+    from pigg.config import build_config
+    from pigg.train.run import train
+
+    folder = tmp_path_factory.mktemp("global")
+    raw = {
+        "model": {"name": str(tiny_model)},
+        "data": {"path": str(fixed_data), "train_users": "3-4", "test_users": "1-2", "max_length": 256},
+        "train": {
+            "method": "full",
+            "output_dir": str(folder / "run"),
+            "log_dir": str(folder / "logs"),
+            "learning_rate": 3e-3,
+            "batch_size": 8,
+            "grad_accum": 1,
+            "max_steps": 150,
+            "warmup_steps": 5,
+            "save_steps": 1000,
+            "logging_steps": 20,
+            "gradient_checkpointing": False,
+        },
+        "eval": {"batch_size": 16},
+        "personalize": {"users": "1-2", "learning_rate": 5e-3, "max_steps": 25, "batch_size": 8, "r": 8},
+    }
+    train(build_config(raw, []))
+    return folder / "run"
+
+
+def test_eval_compare_base_vs_trained_writes_report(trained_run, tmp_path):
+    path = run_eval(["base", str(trained_run)], out=tmp_path / "eval", loss=True)
+    report = json.loads(path.read_text())
+    base, trained = report["models"]["base"], report["models"]["run"]
+    samples = trained["overall"]["samples"]
+    assert samples == base["overall"]["samples"] == 80  # held-out users 1-2, 40 each
+    assert set(trained["per_user"]) == {"1", "2"}
+    # The trained model reads the instruction; the random base cannot click right beyond chance.
+    assert trained["overall"]["accuracy"] > 2 * CHANCE
+    assert trained["per_kind"]["generic"]["accuracy"] > 3 * CHANCE
+    assert base["overall"]["accuracy"] <= CHANCE
+    assert trained["overall"]["parse_failures"] == 0
+    assert trained["eval_loss"] < base["eval_loss"]
+    for name in (
+        "eval.md",
+        "accuracy_per_user.png",
+        "clicks_base.png",
+        "clicks_run.png",
+        "predictions_base.jsonl",
+    ):
+        assert (tmp_path / "eval" / name).stat().st_size > 0
+    lines = (tmp_path / "eval" / "predictions_base.jsonl").read_text().splitlines()
+    assert len(lines) == samples
+    unparsed = [json.loads(line) for line in lines if json.loads(line)["point"] is None]
+    assert len(unparsed) == base["overall"]["parse_failures"]  # every parse failure is listed
+
+
+def test_batched_answers_equal_one_at_a_time(trained_run, fixed_data):
+    agent = Agent.load(resolve_model(str(trained_run)))
+    samples = read_samples(fixed_data, [1]).samples[:6]
+    batched = agent.click_samples(samples, batch_size=6)
+    single = agent.click_samples(samples, batch_size=1)
+    assert [c.raw for c in batched] == [c.raw for c in single]
+
+
+def test_eval_loss_is_token_weighted_and_batch_size_invariant(trained_run, fixed_data):
+    agent = Agent.load(resolve_model(str(trained_run)))
+    samples = read_samples(fixed_data, [1]).samples[:5]
+    whole = agent.model(**agent.renderer.collate(samples)).loss.item()
+    assert eval_loss(agent.model, agent.renderer, samples, batch_size=5) == pytest.approx(whole, rel=1e-5)
+    assert eval_loss(agent.model, agent.renderer, samples, batch_size=2) == pytest.approx(whole, rel=1e-5)
+
+
+def test_personalize_swaps_adapters_on_one_global_model(trained_run, fixed_data, monkeypatch):
+    import pigg.grounding.personalize as module
+
+    loads = {"weights": 0, "agents": 0}
+    real_weights, real_agent = module.load_weights, module.Agent.load
+
+    def counting_weights(*args, **kwargs):
+        loads["weights"] += 1
+        return real_weights(*args, **kwargs)
+
+    def counting_agent(*args, **kwargs):
+        loads["agents"] += 1
+        return real_agent(*args, **kwargs)
+
+    monkeypatch.setattr(module, "load_weights", counting_weights)
+    monkeypatch.setattr(module.Agent, "load", counting_agent)
+    global_file = trained_run / "model.safetensors"
+    before = load_file(global_file)
+
+    table = json.loads(module.personalize(trained_run).read_text())
+    # One load of the base (zero-shot) and one of the global model, for two users.
+    assert loads == {"weights": 1, "agents": 1}
+    assert set(table["users"]) == {"1", "2"}
+    habit = table["per_kind"]["habit"]
+    assert habit["personalized"] > habit["global"]  # each user's "usual" is learned by their adapter
+    for user in ("1", "2"):
+        folder = trained_run / "users" / user
+        config = json.loads((folder / "adapter_config.json").read_text())
+        assert config["modules_to_save"] is None  # pure LoRA: servable by multi-LoRA servers
+        assert config["base_model_name_or_path"] == str(trained_run)
+        keys = load_file(folder / "adapter_model.safetensors").keys()
+        assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
+    assert (trained_run / "users" / "personalization.md").exists()
+    assert (trained_run / "users" / "eval" / "accuracy_per_user.png").exists()
+    after = load_file(global_file)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    # Swapping adapters on one loaded model: the users' habit prompts get different answers, and with
+    # the adapter off the model answers exactly as the global model does.
+    from peft import PeftModel
+
+    habits = {  # each user's own phrase for their favourite app
+        u: next(s for s in read_samples(fixed_data, [u]).samples if s.meta["kind"] == "habit").messages[0][
+            "content"
+        ][1]["text"]
+        for u in (1, 2)
+    }
+    screen = read_samples(fixed_data, [1]).samples[0]
+    base = load_weights(resolve_model(str(trained_run)))
+    plain_agent = Agent(base, *_processor_renderer(trained_run))
+    expected_global = [plain_agent.click(_image(screen), habits[u]).raw for u in (1, 2)]
+    model = PeftModel.from_pretrained(base, str(trained_run / "users" / "1"), adapter_name="1")
+    model.load_adapter(str(trained_run / "users" / "2"), adapter_name="2")
+    agent = Agent(model, *_processor_renderer(trained_run))
+    answers = {}
+    for user in (1, 2):
+        model.set_adapter(str(user))
+        answers[user] = agent.click(_image(screen), habits[user]).raw
+    assert answers[1] != answers[2]
+    with model.disable_adapter():
+        assert [agent.click(_image(screen), habits[u]).raw for u in (1, 2)] == expected_global
+
+
+def _processor_renderer(run):
+    from pigg.models.loading import load_processor, resolve_family
+
+    family = resolve_family(str(run))
+    processor = load_processor(str(run), family)
+    return processor, Renderer(processor, family)
+
+
+def _image(sample):
+    from pigg.data.sample import load_image
+
+    return load_image(sample.image_refs()[-1], sample.base_dir)
+
+
+def test_predict_cli_prints_the_click_and_draws_it(trained_run, fixed_data, tmp_path, capsys):
+    sample = read_samples(fixed_data, [1]).samples[0]
+    image = fixed_data / sample.image_refs()[0]
+    prompt = prompt_messages(sample.messages)[-1]["content"][1]["text"]
+    out = tmp_path / "click.png"
+    with pytest.raises(SystemExit) as exit_info:
+        app(
+            [
+                "predict",
+                "--model",
+                str(trained_run),
+                "--image",
+                str(image),
+                "--prompt",
+                prompt,
+                "--out",
+                str(out),
+            ]
+        )
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("answer: ")
+    assert printed[1].startswith("click: (") and "px on a" in printed[1]
+    assert printed[-1] == str(out)
+    from PIL import Image
+
+    with Image.open(out) as drawn, Image.open(image) as original:
+        assert drawn.size == original.size
+
+
+def test_predict_user_without_adapter_names_the_fix(trained_run):
+    from pigg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--user 7: no personal adapter"):
+        resolve_model(str(trained_run), user=7)
+
+
+def test_qwen2_5_vl_answers_are_rendered_in_resized_pixels(synth_data, tmp_path):
+    from pigg.data.sample import image_size
+    from pigg.models.loading import load_processor
+    from pigg.models.tiny import build_tiny
+
+    folder = build_tiny("qwen2.5-vl", tmp_path / "tiny25")
+    processor = load_processor(str(folder), QWEN2_5_VL)
+    sample = read_samples(synth_data, [1]).samples[0]
+    rendered = Renderer(processor, QWEN2_5_VL).messages(sample)[-1]["content"][0]["text"]
+    size = image_size(sample.image_refs()[0], sample.base_dir)
+    assert rendered == format_point(
+        to_model(sample.target.point, size, QWEN2_5_VL, processor.image_processor)
+    )
+    assert rendered != sample.answer()  # the stored text is Qwen3-VL's 0-1000 form
