@@ -82,3 +82,39 @@ def test_synth_and_tiny_commands(tmp_path):
     assert sorted(p.name for p in (tmp_path / "d").glob("user_*.pkl")) == ["user_1.pkl", "user_2.pkl"]
     assert runner.invoke(app, ["model", "tiny", "qwen3-vl", str(tmp_path / "m")]).exit_code == 0
     assert (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_grounding_commands_explain_what_is_missing(tiny_model, synth_data, tmp_path):
+    result = runner.invoke(app, ["eval"])
+    assert "needs --model or --compare" in str(result.exception)
+    result = runner.invoke(app, ["eval", "--compare", "base"])
+    assert "name at least one" in str(result.exception)
+    # A plain model folder is not a run: the data must be named.
+    result = runner.invoke(app, ["eval", "--model", str(tiny_model)])
+    assert "say which data to evaluate on with --data" in str(result.exception)
+    result = runner.invoke(
+        app, ["eval", "--model", str(tmp_path / "nowhere" / "model"), "--data", str(synth_data)]
+    )
+    assert "does not exist" in str(result.exception)
+    result = runner.invoke(app, ["personalize", str(tiny_model)])
+    assert "is not a pigg run folder" in str(result.exception)
+    result = runner.invoke(app, ["predict", "--model", str(tiny_model)])
+    assert "needs --model, --image and --prompt" in str(result.exception)
+
+
+def test_vision_training_with_lora_is_refused(tmp_path):
+    config = _write_config(tmp_path / "c.yaml", "m", "d", method="lora")
+    result = runner.invoke(app, ["data", "validate", str(config), "vision.method=full"])
+    assert isinstance(result.exception, ConfigError)
+    assert "vision.method and aligner must be 'frozen' with train.method=lora" in str(result.exception)
+
+
+def test_eval_of_a_model_folder_on_named_users(tiny_model, synth_data, tmp_path):
+    out = tmp_path / "report"
+    args = ["eval", "--model", str(tiny_model), "--data", str(synth_data), "--users", "2", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--max-samples", "3", "--batch-size", "2", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    overall = report["models"]["tiny-qwen3-vl"]["overall"]
+    assert overall["samples"] == 3 and report["settings"]["users"] == "2"
+    assert result.output.strip().splitlines()[-1] == str(out / "eval.json")

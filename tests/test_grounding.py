@@ -156,3 +156,32 @@ def test_breakdown_counts_parse_failures_per_user_and_kind():
     assert out["per_user"]["2"]["accuracy"] == 1.0
     assert out["per_kind"]["generic"]["samples"] == 2
     assert out["overall"]["median_distance_px"] == 1.0
+
+
+def test_model_references_follow_adapter_chains_to_the_base(tmp_path, tiny_model):
+    from pigg.grounding.agent import base_of, resolve_model
+
+    def adapter(folder, base):
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+        return folder
+
+    # A LoRA global run over the tiny base, with a user's adapter over the run.
+    lora_run = adapter(tmp_path / "lora_run", tiny_model)
+    (lora_run / "pigg_run.json").write_text(json.dumps({"base_model": str(tiny_model)}))
+    adapter(lora_run / "users" / "3", lora_run)
+    ref = resolve_model(str(lora_run), user=3)
+    assert ref.base == str(tiny_model)
+    assert ref.adapters == (str(lora_run), str(lora_run / "users" / "3"))
+    assert ref.label == "lora_run+user3" and ref.run_dir == lora_run
+    assert resolve_model(str(lora_run / "users" / "3")).adapters == ref.adapters
+    assert base_of(ref).base == str(tiny_model) and base_of(ref).adapters == ()
+
+    # A full run is its own base weights; zero-shot is the base recorded in the run.
+    full_run = tmp_path / "full_run"
+    full_run.mkdir()
+    (full_run / "pigg_run.json").write_text(json.dumps({"base_model": str(tiny_model)}))
+    adapter(full_run / "users" / "5", full_run)
+    ref = resolve_model(str(full_run), user=5)
+    assert ref.base == str(full_run) and ref.adapters == (str(full_run / "users" / "5"),)
+    assert base_of(ref).base == str(tiny_model)

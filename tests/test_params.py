@@ -47,3 +47,21 @@ def test_lora_targets_only_llm_linear_layers():
     assert len(wrapped) == 36 * 7
     assert not any("visual" in n or "lm_head" in n or "embed" in n for n in wrapped)
     assert "q_proj" in pattern and "visual" not in pattern
+
+
+@pytest.mark.parametrize(("vision", "aligner"), [("full", "frozen"), ("frozen", "full"), ("full", "full")])
+def test_full_training_of_vision_and_aligner_is_per_part(vision, aligner):
+    model = apply_method(
+        _meta_model("qwen3-vl-8b-instruct"), QWEN3_VL, "full", LoraSection(), vision, aligner
+    )
+    state = {}
+    for name, param in model.named_parameters():
+        part = (
+            "aligner"
+            if name.startswith(("model.visual.merger", "model.visual.deepstack_merger_list"))
+            else "vision"
+            if name.startswith("model.visual.")
+            else "llm"
+        )
+        state.setdefault(part, set()).add(param.requires_grad)
+    assert state == {"llm": {True}, "vision": {vision == "full"}, "aligner": {aligner == "full"}}

@@ -2,17 +2,18 @@
 
 A model reference is what a user types after `--model`: a hub id, a model folder, a pigg run folder
 (full weights, or a LoRA adapter over its base), or an adapter folder; `--adapter` adds an adapter and
-`--user ID` adds that user's personal adapter from RUN/users/ID. Adapters below the last are merged into
-the weights, so the result is one plain model, or one PeftModel whose active adapter can be swapped.
+`--user ID` adds that user's personal adapter from RUN/users/ID. For inference every adapter is merged
+into the weights in order, so the result is one plain model; `pigg personalize` swaps adapters instead.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from PIL import Image
 
 from pigg.data.render import Renderer, prompt_messages, render_text
@@ -20,7 +21,7 @@ from pigg.data.sample import Sample, load_image
 from pigg.errors import ConfigError
 from pigg.grounding.parse import parse_click
 from pigg.models.coords import from_model
-from pigg.models.loading import load_model, load_processor, resolve_family
+from pigg.models.loading import load_model, load_processor, looks_local, resolve_family
 
 ADAPTER_CONFIG = "adapter_config.json"
 USERS_DIR = "users"
@@ -78,6 +79,8 @@ def _adapter_chain(spec: str) -> tuple[str, list[str]]:
 def resolve_model(spec: str, adapter: str | None = None, user: int | None = None) -> ModelRef:
     """Turn `--model SPEC [--adapter PATH] [--user ID]` into a ModelRef; errors name what is missing."""
     folder = Path(spec)
+    if looks_local(spec) and not folder.is_dir():
+        raise ConfigError(f"model folder {spec} does not exist")
     base, adapters = _adapter_chain(spec)
     if adapter is not None:
         if not (Path(adapter) / ADAPTER_CONFIG).exists():
@@ -106,7 +109,7 @@ def base_of(ref: ModelRef) -> ModelRef:
     """The zero-shot model under a reference: its base weights with no adapter, labelled "base"."""
     run = ref.run_dir
     base = ref.base
-    if run is not None and not ref.adapters:  # a full fine-tuning run: its base is recorded in the run
+    if run is not None and Path(base) == run:  # a full fine-tuning run: its base is recorded in the run
         base = json.loads((run / "pigg_run.json").read_text())["base_model"]
     return ModelRef(label="base", base=base, processor_from=ref.processor_from)
 
@@ -115,18 +118,22 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
 
 
-def load_weights(ref: ModelRef, dtype: torch.dtype | None = None, merge_all: bool = True):
-    """The model of `ref`: every adapter merged, or (merge_all=False) all but the last, which stays a
-    PeftModel adapter named after its folder."""
+def load_weights(ref: ModelRef, dtype: torch.dtype | None = None):
+    """The model of `ref`, every adapter merged into the weights in order."""
     from peft import PeftModel
 
     model = load_model(ref.base, dtype or default_dtype(), "auto" if torch.cuda.is_available() else None)
-    keep = () if merge_all else ref.adapters[-1:]
-    for path in ref.adapters[: len(ref.adapters) - len(keep)]:
+    for path in ref.adapters:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    for path in keep:
-        model = PeftModel.from_pretrained(model, path, adapter_name=Path(path).name)
     return model.eval()
+
+
+def system_turns_of(ref: ModelRef) -> str:
+    """The run's `data.system_turns`, so prompts are rendered as in its training; "auto" otherwise."""
+    run = ref.run_dir
+    if run is None or not (run / "pigg_config.yaml").exists():
+        return "auto"
+    return yaml.safe_load((run / "pigg_config.yaml").read_text()).get("data", {}).get("system_turns", "auto")
 
 
 @dataclass
@@ -136,8 +143,6 @@ class Click:
     raw: str
     point: tuple[float, float] | None
     size: tuple[int, int]
-    model_point: tuple[float, float] | None = None
-    form: str | None = None
 
 
 @dataclass
@@ -149,24 +154,19 @@ class Agent:
     renderer: Renderer
     max_new_tokens: int = 32
     label: str = "model"
-    stats: dict = field(default_factory=lambda: {"screens": 0, "seconds": 0.0})
 
     @classmethod
-    def load(
-        cls, ref: ModelRef, dtype=None, merge_all: bool = True, system_turns: str = "auto", **kw
-    ) -> Agent:
+    def load(cls, ref: ModelRef, dtype=None, max_new_tokens: int = 32) -> Agent:
         family = resolve_family(ref.base)
         processor = load_processor(ref.processor_from or ref.base, family)
-        model = load_weights(ref, dtype, merge_all)
-        return cls(model, processor, Renderer(processor, family, system_turns), label=ref.label, **kw)
+        renderer = Renderer(processor, family, system_turns_of(ref))
+        return cls(load_weights(ref, dtype), processor, renderer, max_new_tokens, ref.label)
 
     @property
     def family(self):
         return self.renderer.family
 
     def _generate(self, prompts: list[list[dict]], images: list[list[Image.Image]]) -> list[str]:
-        import time
-
         tokenizer = self.processor.tokenizer
         texts = [render_text(self.processor, p, add_generation_prompt=True) for p in prompts]
         flat = [image for group in images for image in group]
@@ -177,7 +177,6 @@ class Agent:
         finally:
             tokenizer.padding_side = side
         inputs = inputs.to(self.model.device)
-        started = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -186,8 +185,6 @@ class Agent:
                 use_cache=True,
                 pad_token_id=self.renderer.markers.pad,
             )
-        self.stats["seconds"] += time.perf_counter() - started
-        self.stats["screens"] += len(texts)
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
@@ -196,7 +193,7 @@ class Agent:
         if parsed is None:
             return Click(raw, None, size)
         point = from_model(parsed.point, size, self.family, self.processor.image_processor)
-        return Click(raw, point, size, parsed.point, parsed.form)
+        return Click(raw, point, size)
 
     def click(self, image: Image.Image, instruction: str) -> Click:
         """Where to click on `image` for `instruction` (seed 001's test_model.py)."""

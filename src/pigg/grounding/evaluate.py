@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,13 +36,11 @@ class ModelEval:
     scores: list[ClickScore]
     loss: float | None = None
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         out = breakdown(self.scores)
         out["eval_loss"] = self.loss
         out["screens_per_second"] = len(self.scores) / self.seconds if self.seconds else None
-        out.update(self.extra)
         return out
 
 
@@ -131,7 +129,10 @@ def _eval_config(ref: ModelRef, data: str | None, users: str | None, max_samples
         cfg = build_config({"model": {"name": ref.base}, "data": {"path": data}}, overrides)
     selected = users if users is not None else cfg.data.test_users
     if selected is None:
-        raise ConfigError("which users? pass --users (e.g. --users 1-10); the run has no data.test_users")
+        raise ConfigError(
+            "which users? pass --users (e.g. --users 1-10)"
+            + ("; the run has no data.test_users" if run else "")
+        )
     cfg.data.train_users = selected
     return cfg
 
