@@ -79,15 +79,15 @@ def user_lora_config(model, family, p: PersonalizeSection):
 
 def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: PersonalizeSection, seed: int):
     """Train the model's active adapter on one user's adapt samples (HF Trainer, nothing saved)."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from pigg.train.run import build_trainer
 
-    from pigg.train.callbacks import ProgressCallback
-    from pigg.train.run import SampleList
-
-    cuda = torch.cuda.is_available()
     dtype = next(model.parameters()).dtype
     with tempfile.TemporaryDirectory(prefix="pigg_user_") as scratch:
-        args = TrainingArguments(
+        trainer = build_trainer(
+            model,
+            renderer,
+            samples,
+            p.batch_size,
             output_dir=scratch,
             max_steps=p.max_steps,
             per_device_train_batch_size=p.batch_size,
@@ -98,21 +98,10 @@ def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: Pers
             save_strategy="no",
             logging_steps=max(1, p.max_steps // 4),
             report_to="none",
-            use_cpu=not cuda,
+            use_cpu=not torch.cuda.is_available(),
             bf16=dtype == torch.bfloat16,
             seed=seed,
-            remove_unused_columns=False,
-            include_num_input_tokens_seen="non_padding",
-            disable_tqdm=True,
         )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=SampleList(samples),
-            data_collator=renderer.collate,
-            callbacks=[ProgressCallback(p.batch_size)],
-        )
-        trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     model.eval()
     return result.training_loss

@@ -77,6 +77,40 @@ class SampleList:
         return self.samples[index]
 
 
+def build_trainer(
+    model,
+    renderer: Renderer,
+    train_samples: list[Sample],
+    samples_per_step: int,
+    eval_samples: list[Sample] | None = None,
+    processor=None,
+    **arguments,
+):
+    """An HF Trainer over pigg samples: rendering happens in the collator (so columns must be kept),
+    and progress is pigg's one-line-per-log ProgressCallback instead of the Trainer's printer."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from pigg.train.callbacks import ProgressCallback
+
+    args = TrainingArguments(
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        **arguments,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=SampleList(train_samples),
+        eval_dataset=SampleList(eval_samples) if eval_samples else None,
+        data_collator=renderer.collate,
+        processing_class=processor,
+        callbacks=[ProgressCallback(samples_per_step)],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def _precision(cfg: ExperimentConfig):
     import torch
 
@@ -101,11 +135,11 @@ class TrainResult:
 def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> TrainResult:
     """Run the training described by `cfg` and save the run folder."""
     import torch
-    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+    from transformers import set_seed
 
     from pigg.models.loading import load_model
     from pigg.models.trainable import apply_method, trainable_line
-    from pigg.train.callbacks import ProgressCallback, tee_output
+    from pigg.train.callbacks import tee_output
 
     run_dir = Path(cfg.train.output_dir)
     stamp = time.strftime("%Y%m%d_%H%M%S")
@@ -140,7 +174,13 @@ def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> TrainResu
 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_CONFIG).write_text(cfg.to_yaml())
-        args = TrainingArguments(
+        trainer = build_trainer(
+            model,
+            data.renderer,
+            data.train,
+            cfg.train.batch_size * cfg.train.grad_accum,
+            eval_samples=data.eval,
+            processor=data.processor,
             output_dir=str(run_dir),
             learning_rate=cfg.train.learning_rate,
             num_train_epochs=cfg.train.epochs,
@@ -167,20 +207,7 @@ def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> TrainResu
             report_to=cfg.train.report_to or "none",
             seed=cfg.train.seed,
             dataloader_num_workers=cfg.train.num_workers,
-            remove_unused_columns=False,
-            include_num_input_tokens_seen="non_padding",
-            disable_tqdm=True,
         )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=SampleList(data.train),
-            eval_dataset=SampleList(data.eval) if data.eval else None,
-            data_collator=data.renderer.collate,
-            processing_class=data.processor,
-            callbacks=[ProgressCallback(cfg.train.batch_size * cfg.train.grad_accum)],
-        )
-        trainer.remove_callback(PrinterCallback)  # ProgressCallback prints a fuller line instead
         result = trainer.train()
         trainer.save_model(str(run_dir))
         losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
