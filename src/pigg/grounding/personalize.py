@@ -165,13 +165,14 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
         )
     cfg: ExperimentConfig = load_config(run_dir / RUN_CONFIG, overrides)
     p = cfg.personalize
-    users = parse_users(p.users if p.users is not None else cfg.data.test_users)
-    if not users:
+    spec = p.users if p.users is not None else cfg.data.test_users
+    if spec is None:
         raise ConfigError("no users to personalize: set personalize.users (e.g. personalize.users=1-10)")
     out = run_dir / USERS_DIR
-    cfg.data.train_users = users
+    cfg.data.train_users = spec
     cfg.train.eval = False
     data = prepare_data(cfg, run_dir=out)
+    users = parse_users(spec) or sorted({s.user_id for s in data.train})  # None: every user in the data
     splits = []
     for user in users:
         mine = [s for s in data.train if s.user_id == user]
