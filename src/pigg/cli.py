@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -32,15 +33,33 @@ def train(
     config: ConfigArg,
     overrides: Overrides = None,
     gpus: Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0 or 0,1")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run's latest complete checkpoint")
+    ] = False,
+    resume_from: Annotated[
+        Path | None, typer.Option(help="continue this checkpoint folder (also: --resume PATH)")
+    ] = None,
+    time_limit: Annotated[
+        str | None, typer.Option(help="wall-clock budget (8h, 90m, 7:30:00); sets train.time_limit")
+    ] = None,
 ):
-    """Train a global agent (LoRA or full fine-tuning) from a recipe."""
+    """Train a global agent (LoRA or full fine-tuning) from a recipe.
+
+    A run stopped by its time limit or by SIGTERM/SIGUSR1 saves a checkpoint and exits with code 75.
+    """
+    started = time.time()
     from pigg.train.run import select_gpus
 
     select_gpus(gpus)
     from pigg.config import load_config
+    from pigg.train.control import EXIT_RESUMABLE
     from pigg.train.run import train as run_training
 
-    run_training(load_config(config, overrides))
+    extra = [f"train.time_limit={time_limit}"] if time_limit else []
+    cfg = load_config(config, [*(overrides or []), *extra])
+    result = run_training(cfg, resume=str(resume_from) if resume_from else resume, started=started)
+    if result.stopped:
+        raise SystemExit(EXIT_RESUMABLE)
 
 
 @data_app.command("show")
@@ -217,9 +236,18 @@ def demo(
     print(summary_path)
 
 
+def _resume_path_option(argv: list[str]) -> list[str]:
+    """`--resume PATH` (an existing folder) means `--resume-from PATH`; a bare `--resume` stays a flag."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--resume" and Path(out[i + 1]).is_dir():
+            out[i] = "--resume-from"
+    return out
+
+
 def main() -> None:
     try:
-        app()
+        app(args=_resume_path_option(sys.argv[1:]))
     except PiggError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -49,6 +49,30 @@ def parse_users(spec: UserSpec) -> list[int] | None:
     return sorted(ids)
 
 
+def parse_duration(text: str | int | float) -> float:
+    """Seconds from "8h", "90m", "1h30m", "45s", "2d", "7:30:00" (h:m:s, as SLURM writes), "30:00" or 3600."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        raw = str(text).strip().lower()
+        clock = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?", raw)
+        units = re.findall(r"(\d+(?:\.\d+)?)\s*([dhms])", raw)
+        if clock:
+            days, a, b, c = clock.groups()
+            hms = (int(a), int(b), int(c)) if c is not None else (0, int(a), int(b))
+            seconds = int(days or 0) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]
+        elif re.fullmatch(r"\d+(?:\.\d+)?", raw):
+            seconds = float(raw)
+        elif units and re.fullmatch(r"(?:\s*\d+(?:\.\d+)?\s*[dhms])+\s*", raw):
+            scale = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+            seconds = sum(float(n) * scale[u] for n, u in units)
+        else:
+            raise ValueError(f"cannot read the duration {text!r}; write e.g. 8h, 90m, 1h30m or 7:30:00")
+    if seconds <= 0:
+        raise ValueError(f"the duration {text!r} must be positive")
+    return seconds
+
+
 class ModelSection(_Section):
     name: str = Field(description="hub id (Qwen/Qwen3-VL-8B-Instruct) or a local folder")
     family: Literal["auto", "qwen3_vl", "qwen2_5_vl"] = "auto"
@@ -103,7 +127,23 @@ class TrainSection(_Section):
     seed: int = 42
     num_workers: int = Field(0, ge=0)
     log_dir: str = "logs"
-    report_to: list[Literal["tensorboard"]] = Field(default_factory=list)
+    # TensorBoard event files go to RUN/tensorboard; [] turns them off.
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"])
+    # Wall-clock budget of the job ("8h", "90m", "7:30:00"): a checkpoint is saved before it and the run
+    # exits with code 75 and the command that resumes it.
+    time_limit: str | None = None
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _duration_readable(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        parse_duration(value)
+        return str(value)
+
+    @property
+    def time_limit_seconds(self) -> float | None:
+        return parse_duration(self.time_limit) if self.time_limit else None
 
 
 class EvalSection(_Section):

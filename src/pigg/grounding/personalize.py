@@ -79,7 +79,7 @@ def user_lora_config(model, family, p: PersonalizeSection):
 
 def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: PersonalizeSection, seed: int):
     """Train the model's active adapter on one user's adapt samples (HF Trainer, nothing saved)."""
-    from pigg.train.run import build_trainer
+    from pigg.train.trainer import build_trainer
 
     dtype = next(model.parameters()).dtype
     with tempfile.TemporaryDirectory(prefix="pigg_user_") as scratch:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from pigg.train.control import clock
+
 
 class _Tee:
     def __init__(self, stream, log):
@@ -44,13 +46,10 @@ def tee_output(path: Path) -> Iterator[Path]:
             sys.stdout, sys.stderr = old_out, old_err
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 class ProgressCallback(TrainerCallback):
-    """One line per logging step: loss, lr, samples/s, tokens/s (non-padding), elapsed and ETA.
+    """One line per logging step: loss, lr, grad norm, samples/s and tokens/s (non-padding) over the last
+    logging interval (PiggTrainer puts them in the logs, so TensorBoard has the same numbers), elapsed
+    time and ETA; one line per evaluation with the eval loss.
 
     Lines rather than a redrawn bar, because the same text goes to the log file.
     """
@@ -59,25 +58,30 @@ class ProgressCallback(TrainerCallback):
         self.samples_per_step = samples_per_step
         self.start = 0.0
         self.start_step = 0
-        self.start_tokens = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
         self.start_step = state.global_step
-        self.start_tokens = state.num_input_tokens_seen
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs or state.global_step == self.start_step:
+        if not logs or not state.is_world_process_zero:
+            return
+        if "eval_loss" in logs:
+            print(
+                f"step {state.global_step}/{state.max_steps} | eval_loss {logs['eval_loss']:.4f}", flush=True
+            )
+        if "loss" not in logs or state.global_step == self.start_step:
             return
         elapsed = time.perf_counter() - self.start
-        steps = state.global_step - self.start_step
-        per_step = elapsed / steps
-        samples_s = steps * self.samples_per_step / elapsed
-        tokens_s = (state.num_input_tokens_seen - self.start_tokens) / elapsed
+        per_step = elapsed / (state.global_step - self.start_step)
         remaining = (state.max_steps - state.global_step) * per_step
+        samples_s = logs.get("samples_per_second", self.samples_per_step / per_step)
+        tokens_s = logs.get("tokens_per_second")
         print(
             f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
             f"lr {logs.get('learning_rate', 0):.2e} | grad_norm {logs.get('grad_norm', float('nan')):.3f} | "
-            f"{samples_s:.2f} samples/s | {tokens_s:.0f} tokens/s | {_clock(elapsed)} elapsed, ETA {_clock(remaining)}",
+            f"{samples_s:.2f} samples/s | "
+            + (f"{tokens_s:.0f} tokens/s | " if tokens_s is not None else "")
+            + f"{clock(elapsed)} elapsed, ETA {clock(remaining)}",
             flush=True,
         )

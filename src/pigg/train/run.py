@@ -64,53 +64,6 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
     return PreparedData(family, processor, renderer, train, eval_samples)
 
 
-class SampleList:
-    """A map-style dataset over in-memory samples; rendering happens in the collator."""
-
-    def __init__(self, samples: list[Sample]):
-        self.samples = samples
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.samples[index]
-
-
-def build_trainer(
-    model,
-    renderer: Renderer,
-    train_samples: list[Sample],
-    samples_per_step: int,
-    eval_samples: list[Sample] | None = None,
-    processor=None,
-    **arguments,
-):
-    """An HF Trainer over pigg samples: rendering happens in the collator (so columns must be kept),
-    and progress is pigg's one-line-per-log ProgressCallback instead of the Trainer's printer."""
-    from transformers import PrinterCallback, Trainer, TrainingArguments
-
-    from pigg.train.callbacks import ProgressCallback
-
-    args = TrainingArguments(
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        **arguments,
-    )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=SampleList(train_samples),
-        eval_dataset=SampleList(eval_samples) if eval_samples else None,
-        data_collator=renderer.collate,
-        processing_class=processor,
-        callbacks=[ProgressCallback(samples_per_step)],
-    )
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
 def _precision(cfg: ExperimentConfig):
     import torch
 
@@ -126,27 +79,117 @@ def _precision(cfg: ExperimentConfig):
     return cuda, dtype
 
 
+def checkpoint_bytes(model, method: str) -> int:
+    """About what a checkpoint holds: the saved weights (all of them for full training, the trainable
+    ones for an adapter) and AdamW's two float32 moments per trainable parameter."""
+    from pigg.models.trainable import count_parameters
+
+    trainable, total = count_parameters(model)
+    element = next(model.parameters()).element_size()
+    return (total if method == "full" else trainable) * element + trainable * 8
+
+
+def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, cuda: bool, **overrides):
+    """The model as the config trains it, and the PiggTrainer that trains it; `overrides` replace
+    TrainingArguments (`pigg plan` runs a few steps into a scratch folder this way)."""
+    import torch
+
+    from pigg.models.loading import load_model
+    from pigg.models.trainable import apply_method
+    from pigg.train.trainer import build_trainer
+
+    spread = (
+        cuda
+        and torch.cuda.device_count() > 1
+        and cfg.train.method == "full"
+        and "WORLD_SIZE" not in os.environ
+    )
+    model = load_model(cfg.model.name, dtype, "auto" if spread else None, cfg.model.attn_implementation)
+    model = apply_method(model, data.family, cfg.train.method, cfg.lora, cfg.vision.method, cfg.aligner)
+    arguments = dict(
+        output_dir=str(run_dir),
+        learning_rate=cfg.train.learning_rate,
+        num_train_epochs=cfg.train.epochs,
+        max_steps=cfg.train.max_steps,
+        per_device_train_batch_size=cfg.train.batch_size,
+        per_device_eval_batch_size=cfg.train.batch_size,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        warmup_steps=cfg.train.warmup_steps,
+        weight_decay=cfg.train.weight_decay,
+        lr_scheduler_type=cfg.train.lr_scheduler,
+        max_grad_norm=cfg.train.max_grad_norm,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not cuda,
+        activation_checkpointing=cfg.train.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        save_strategy="steps",
+        save_steps=cfg.train.save_steps,
+        save_total_limit=cfg.train.save_total_limit,
+        eval_strategy="steps" if data.eval else "no",
+        eval_steps=cfg.train.save_steps if data.eval else None,
+        logging_steps=cfg.train.logging_steps,
+        logging_first_step=True,
+        seed=cfg.train.seed,
+        dataloader_num_workers=cfg.train.num_workers,
+    )
+    board = "tensorboard" in cfg.train.report_to
+    arguments.update(overrides)
+    trainer = build_trainer(
+        model,
+        data.renderer,
+        data.train,
+        cfg.train.batch_size * cfg.train.grad_accum * int(os.environ.get("WORLD_SIZE", 1)),
+        eval_samples=data.eval,
+        processor=data.processor,
+        tensorboard_dir=Path(arguments["output_dir"]) / "tensorboard" if board else None,
+        report_to="none",
+        **arguments,
+    )
+    return model, trainer
+
+
 @dataclass
 class TrainResult:
     summary: dict  # also written to RUN/pigg_run.json
     model: object  # the trained model in memory (a PeftModel for LoRA)
 
+    @property
+    def stopped(self) -> bool:
+        """True when the run saved a checkpoint and stopped early (time limit or signal) to be resumed."""
+        return self.summary["status"] == "stopped"
 
-def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> TrainResult:
-    """Run the training described by `cfg` and save the run folder."""
+
+def train(
+    cfg: ExperimentConfig,
+    log_dir: str | Path | None = None,
+    resume: str | bool | None = None,
+    started: float | None = None,
+    callbacks: list | None = None,
+) -> TrainResult:
+    """Run the training described by `cfg` and save the run folder.
+
+    `resume`: True continues the run's latest complete checkpoint, a path that checkpoint. `started` is
+    when the job began (time.time()); `train.time_limit` counts from it. `callbacks`: extra
+    TrainerCallbacks.
+    """
     import torch
     from transformers import set_seed
 
-    from pigg.models.loading import load_model
-    from pigg.models.trainable import apply_method, trainable_line
+    from pigg.models.trainable import trainable_line
     from pigg.train.callbacks import tee_output
+    from pigg.train.control import RunControl, clock, resume_point
 
+    started = time.time() if started is None else started
     run_dir = Path(cfg.train.output_dir)
     stamp = time.strftime("%Y%m%d_%H%M%S")
     log_path = Path(log_dir or cfg.train.log_dir) / f"{cfg.name}_{cfg.train.method}_{stamp}.log"
     with tee_output(log_path):
         print(f"pigg train: run '{cfg.name}', method {cfg.train.method}, model {cfg.model.name}")
         print(f"log file: {log_path}")
+        checkpoint = resume_point(run_dir, resume)
+        if checkpoint is not None:
+            print(f"resuming from {checkpoint}")
         cuda, dtype = _precision(cfg)
         if cuda:
             print(f"GPUs: {torch.cuda.device_count()} ({torch.cuda.get_device_name(0)}), dtype {dtype}")
@@ -154,77 +197,59 @@ def train(cfg: ExperimentConfig, log_dir: str | Path | None = None) -> TrainResu
             print(f"No GPU found: training on CPU in {str(dtype).removeprefix('torch.')}")
         set_seed(cfg.train.seed)
 
-        started = time.perf_counter()
         data = prepare_data(cfg, run_dir)
         print(
             f"data: {len(data.train)} training samples from users {cfg.data.train_users}"
             + (f", {len(data.eval)} eval samples" if data.eval else "")
-            + f" (checked in {time.perf_counter() - started:.1f}s)"
+            + f" (checked in {time.time() - started:.1f}s)"
         )
-
-        spread = (
-            cuda
-            and torch.cuda.device_count() > 1
-            and cfg.train.method == "full"
-            and "WORLD_SIZE" not in os.environ
-        )
-        model = load_model(cfg.model.name, dtype, "auto" if spread else None, cfg.model.attn_implementation)
-        model = apply_method(model, data.family, cfg.train.method, cfg.lora, cfg.vision.method, cfg.aligner)
+        model, trainer = build_run(cfg, data, run_dir, dtype, cuda)
         print(trainable_line(model))
+        limit = cfg.train.time_limit_seconds
+        control = RunControl(limit, started, checkpoint_bytes(model, cfg.train.method))
+        for callback in [control, *(callbacks or [])]:
+            trainer.add_callback(callback)
+        if limit:
+            print(f"time limit {clock(limit)}: a checkpoint is saved before it, then the run stops")
 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_CONFIG).write_text(cfg.to_yaml())
-        trainer = build_trainer(
-            model,
-            data.renderer,
-            data.train,
-            cfg.train.batch_size * cfg.train.grad_accum,
-            eval_samples=data.eval,
-            processor=data.processor,
-            output_dir=str(run_dir),
-            learning_rate=cfg.train.learning_rate,
-            num_train_epochs=cfg.train.epochs,
-            max_steps=cfg.train.max_steps,
-            per_device_train_batch_size=cfg.train.batch_size,
-            per_device_eval_batch_size=cfg.train.batch_size,
-            gradient_accumulation_steps=cfg.train.grad_accum,
-            warmup_steps=cfg.train.warmup_steps,
-            weight_decay=cfg.train.weight_decay,
-            lr_scheduler_type=cfg.train.lr_scheduler,
-            max_grad_norm=cfg.train.max_grad_norm,
-            bf16=dtype == torch.bfloat16,
-            fp16=dtype == torch.float16,
-            use_cpu=not cuda,
-            activation_checkpointing=cfg.train.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False},
-            save_strategy="steps",
-            save_steps=cfg.train.save_steps,
-            save_total_limit=cfg.train.save_total_limit,
-            eval_strategy="steps" if data.eval else "no",
-            eval_steps=cfg.train.save_steps if data.eval else None,
-            logging_steps=cfg.train.logging_steps,
-            logging_first_step=True,
-            report_to=cfg.train.report_to or "none",
-            seed=cfg.train.seed,
-            dataloader_num_workers=cfg.train.num_workers,
-        )
-        result = trainer.train()
-        trainer.save_model(str(run_dir))
+        control.install()
+        try:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        finally:
+            control.uninstall()
         losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
+        eval_losses = [(e["step"], e["eval_loss"]) for e in trainer.state.log_history if "eval_loss" in e]
         summary = {
             "run": cfg.name,
+            "status": "stopped" if control.reason else "complete",
             "method": cfg.train.method,
             "base_model": cfg.model.name,
             "family": data.family.name,
             "train_samples": len(data.train),
             "steps": trainer.state.global_step,
-            "train_seconds": round(time.perf_counter() - started, 1),
+            "max_steps": trainer.state.max_steps,
+            "resumed_from": str(checkpoint) if checkpoint else None,
+            "train_seconds": round(time.time() - started, 1),
             "first_loss": losses[0][1] if losses else None,
             "last_loss": losses[-1][1] if losses else None,
             "mean_train_loss": result.training_loss,
             "losses": losses,
+            "eval_losses": eval_losses,
             "log_file": str(log_path),
         }
+        if control.reason:
+            summary["stop_reason"] = control.reason
+            summary["checkpoint"] = str(run_dir / f"checkpoint-{trainer.state.global_step}")
+            summary["resume_command"] = f"pigg train {run_dir / RUN_CONFIG} --resume"
+            (run_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
+            print(
+                f"stopped at step {summary['steps']}/{summary['max_steps']} ({control.reason}); "
+                f"saved {summary['checkpoint']}. Resume with:\n  {summary['resume_command']}"
+            )
+            return TrainResult(summary, trainer.model)
+        trainer.save_model(str(run_dir))
         (run_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
         print(
             f"done: {summary['steps']} steps in {summary['train_seconds']}s; loss {summary['first_loss']:.4f} "

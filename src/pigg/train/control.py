@@ -1,0 +1,158 @@
+"""Run control: checkpoints that are complete or absent, resume from the latest complete one, and a clean
+stop (checkpoint saved, distinct exit code) before a time limit or on a scheduler's signal.
+
+A checkpoint is written into `RUN/.partial/checkpoint-N` and renamed to `RUN/checkpoint-N` only once the
+Trainer has written everything (trainer_state.json comes last), so `checkpoint-N` never names a half-written
+folder, whatever moment a job is killed at.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from pigg.errors import ConfigError
+
+# sysexits' EX_TEMPFAIL: "try again later", the exit code of a run that stopped to be resumed.
+EXIT_RESUMABLE = 75
+STAGING = ".partial"
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+def clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def is_complete(folder: Path) -> bool:
+    """A checkpoint the Trainer finished: weights and trainer_state.json (its last file) are there."""
+    weights = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+    return (folder / "trainer_state.json").is_file() and any((folder / w).exists() for w in weights)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders of a run, newest (highest N) first."""
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)), reverse=True)
+
+
+def latest_complete(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint; incomplete ones and leftovers of a killed save are skipped with a
+    warning (and left on disk for inspection)."""
+    for leftover in sorted((run_dir / STAGING).glob("checkpoint-*")):
+        print(
+            f"warning: skipping {leftover}: a save that never finished (the job stopped while writing it)",
+            flush=True,
+        )
+    for folder in checkpoints(run_dir):
+        if is_complete(folder):
+            return folder
+        print(
+            f"warning: skipping {folder}: incomplete checkpoint (no trainer_state.json or weights)",
+            flush=True,
+        )
+    return None
+
+
+def resume_point(run_dir: Path, resume: str | bool | None) -> Path | None:
+    """What `--resume` means: None/False start fresh; True the run's latest complete checkpoint (or fresh when
+    there is none yet, as for a job requeued before its first save); a path that exact checkpoint."""
+    if not resume:
+        return None
+    if resume is True or resume == "latest":
+        found = latest_complete(run_dir)
+        if found is None:
+            print(f"resume: no complete checkpoint in {run_dir} yet; starting from the beginning")
+        return found
+    folder = Path(resume)
+    if not folder.is_dir():
+        raise ConfigError(f"--resume {folder}: no such checkpoint folder")
+    if not is_complete(folder):
+        raise ConfigError(f"--resume {folder}: incomplete checkpoint (no trainer_state.json or weights)")
+    return folder
+
+
+# ---------------------------------------------------------------- stopping early
+
+
+class RunControl(TrainerCallback):
+    """Asks the Trainer to save and stop when a stop signal arrived or the time limit is near.
+
+    The time limit counts from `started` (the job's start). A stop is due after a step when one more step,
+    a save and a margin would no longer fit: the step time is the median of the steps so far, the save time
+    the longest save measured (or, before the first, an estimate from the checkpoint's size).
+    """
+
+    def __init__(self, time_limit: float | None, started: float, checkpoint_bytes: int):
+        self.time_limit = time_limit
+        self.started = started
+        self.save_estimate = 2.0 + checkpoint_bytes / 200e6  # a conservative 200 MB/s until measured
+        self.step_times: list[float] = []
+        self.save_times: list[float] = []
+        self.signal_name: str | None = None
+        self.reason: str | None = None
+        self._last = 0.0
+        self._previous_handlers: dict[int, object] = {}
+
+    # signals ---------------------------------------------------------
+    def _on_signal(self, number, frame) -> None:
+        self.signal_name = signal.Signals(number).name
+        print(f"received {self.signal_name}: saving a checkpoint after this step, then stopping", flush=True)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only
+        for name in STOP_SIGNALS:
+            number = getattr(signal, name)
+            self._previous_handlers[number] = signal.signal(number, self._on_signal)
+
+    def uninstall(self) -> None:
+        for number, handler in self._previous_handlers.items():
+            signal.signal(number, handler)
+        self._previous_handlers.clear()
+
+    # timing -----------------------------------------------------------
+    def step_time(self) -> float:
+        times = sorted(self.step_times[-50:])
+        return times[len(times) // 2] if times else 0.0
+
+    def save_time(self) -> float:
+        return max(self.save_times) if self.save_times else self.save_estimate
+
+    def needed_before_limit(self) -> float:
+        """Seconds that must remain for one more step and a save, plus a margin (2%, at most 2 minutes)."""
+        return self.step_time() + self.save_time() + min(120.0, 0.02 * (self.time_limit or 0))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.step_times.append(now - self._last)
+        self._last = now
+        if self.signal_name and not self.reason:
+            self.reason = f"{self.signal_name} received"
+        elif self.time_limit and not self.reason:
+            elapsed = time.time() - self.started
+            if self.time_limit - elapsed < self.needed_before_limit():
+                self.reason = f"time limit {clock(self.time_limit)} near ({clock(elapsed)} elapsed)"
+        if self.reason and state.global_step < state.max_steps:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.save_times.append(now - self._last)
+        self._last = now  # the next step's time excludes the save

@@ -1,0 +1,137 @@
+"""The one HF Trainer pigg builds, for global runs, per-user adapters and run planning.
+
+What pigg adds to the stock Trainer: samples and rendering in the collator (columns kept), checkpoints that
+appear under their final name only when complete, throughput (samples/s, tokens/s) in every training log
+so the log file and TensorBoard carry it, and TensorBoard under the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from transformers import Trainer, TrainerCallback
+
+from pigg.data.render import Renderer
+from pigg.data.sample import Sample
+from pigg.train.control import STAGING
+
+
+class SampleList:
+    """A map-style dataset over in-memory samples; rendering happens in the collator."""
+
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+class PiggTrainer(Trainer):
+    _staging = False
+    _since: tuple[float, int, int] | None = None  # (time, step, tokens) at the previous training log
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(_ThroughputClock(self))
+
+    # -- checkpoints: written to RUN/.partial/checkpoint-N, renamed when complete ----------------------
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        stale = run_dir / STAGING / name  # left by a save that was killed at this same step
+        if self.args.should_save and stale.exists():
+            shutil.rmtree(stale)
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, shards)
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():  # the same step saved again (a run resumed from it): replace it whole
+                shutil.rmtree(final)
+            os.replace(run_dir / STAGING / name, final)
+            rotate_checkpoints(str(run_dir), self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    # -- throughput in every training log ------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now, step, tokens = time.perf_counter(), self.state.global_step, self.state.num_input_tokens_seen
+            if self._since is not None and now > self._since[0] and step > self._since[1]:
+                seconds = now - self._since[0]
+                per_step = (
+                    self.args.per_device_train_batch_size
+                    * self.args.gradient_accumulation_steps
+                    * self.args.world_size
+                )
+                logs["samples_per_second"] = round((step - self._since[1]) * per_step / seconds, 3)
+                logs["tokens_per_second"] = round((tokens - self._since[2]) / seconds, 1)
+            self._since = (now, step, tokens)
+        super().log(logs, start_time)
+
+
+class _ThroughputClock(TrainerCallback):
+    """Starts the first throughput interval when training does (after a resume: at the resumed step)."""
+
+    def __init__(self, trainer: PiggTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._since = (time.perf_counter(), state.global_step, state.num_input_tokens_seen)
+
+
+def build_trainer(
+    model,
+    renderer: Renderer,
+    train_samples: list[Sample],
+    samples_per_step: int,
+    eval_samples: list[Sample] | None = None,
+    processor=None,
+    callbacks: list | None = None,
+    tensorboard_dir: Path | None = None,
+    **arguments,
+) -> PiggTrainer:
+    """A PiggTrainer over pigg samples; progress is pigg's one-line-per-log ProgressCallback instead of the
+    Trainer's printer; TensorBoard, when asked, writes to `tensorboard_dir`."""
+    from transformers import PrinterCallback, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    from pigg.train.callbacks import ProgressCallback
+
+    args = TrainingArguments(
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        **arguments,
+    )
+    extra = list(callbacks or [])
+    if tensorboard_dir is not None:
+        board = TensorBoardCallback()
+        board.logging_dir = str(tensorboard_dir)
+        extra.append(board)
+    trainer = PiggTrainer(
+        model=model,
+        args=args,
+        train_dataset=SampleList(train_samples),
+        eval_dataset=SampleList(eval_samples) if eval_samples else None,
+        data_collator=renderer.collate,
+        processing_class=processor,
+        callbacks=[ProgressCallback(samples_per_step), *extra],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
