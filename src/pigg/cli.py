@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ model_app = typer.Typer(no_args_is_help=True, help="Build embedded tiny models."
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 
+UserOpt = Annotated[int | None, typer.Option("--user", help="apply this user's adapter from RUN/users/ID")]
 ConfigArg = Annotated[Path, typer.Argument(help="recipe YAML, e.g. configs/global_lora.yaml")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")]
 
@@ -60,6 +62,92 @@ def train(
     result = run_training(cfg, resume=str(resume_from) if resume_from else resume, started=started)
     if result.stopped:
         raise SystemExit(EXIT_RESUMABLE)
+
+
+@app.command()
+def plan(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    try_: Annotated[
+        list[str] | None,
+        typer.Option("--try", help="key=v1,v2,... to compare; several --try give every combination"),
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="steps run before timing starts")] = 2,
+    steps: Annotated[int, typer.Option(help="steps timed per configuration")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+    gpus: Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0")] = None,
+):
+    """Measure a few steps and print the run's cost: steps, tokens, step time, total time, peak memory,
+    checkpoint size, and whether it fits train.time_limit; one row per --try combination."""
+    from pigg.train.run import select_gpus
+
+    select_gpus(gpus)
+    from pigg.train.plan import markdown, to_json
+    from pigg.train.plan import plan as run_plan
+
+    rows = run_plan(config, overrides, try_, warmup, steps, progress=lambda m: print(m, file=sys.stderr))
+    print(to_json(rows) if as_json else markdown(rows))
+
+
+@app.command()
+def sbatch(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    gpus: Annotated[int, typer.Option(help="GPUs on one node; more than 1 runs torchrun (DDP)")] = 1,
+    time_: Annotated[
+        str | None, typer.Option("--time", help="job time (8h, 7:30:00); default train.time_limit or 8h")
+    ] = None,
+    signal_before: Annotated[int, typer.Option(help="seconds before the limit SLURM sends SIGUSR1")] = 300,
+    partition: str | None = None,
+    account: str | None = None,
+    cpus_per_gpu: int = 8,
+    mem: Annotated[str | None, typer.Option(help="memory per node, e.g. 200G")] = None,
+    out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
+):
+    """Write a SLURM batch script: resume on start, save before the limit, requeue until the run is done."""
+    from pigg.train.slurm import sbatch_script
+
+    try:
+        script = sbatch_script(
+            config, overrides, gpus, time_, signal_before, partition, account, cpus_per_gpu, mem
+        )
+    except ValueError as exc:
+        raise PiggError(str(exc)) from None
+    if out is None:
+        print(script, end="")
+        return
+    out.write_text(script)
+    out.chmod(0o755)
+    print(f"wrote {out}; submit it with: sbatch {out}")
+
+
+@app.command()
+def merge(
+    run: Annotated[str, typer.Argument(help="a LoRA run, an adapter folder, or a run with --user")],
+    out: Annotated[Path, typer.Option(help="new folder for the merged model")],
+    user: UserOpt = None,
+    dtype: Annotated[
+        str, typer.Option(help="auto (the base's dtype), bfloat16, float16 or float32")
+    ] = "auto",
+    max_shard_size: Annotated[str, typer.Option(help="safetensors shard size, e.g. 5GB")] = "5GB",
+):
+    """Merge a run's LoRA adapter(s) into the base weights and save a full model with its processor."""
+    from pigg.publish import merge_run
+
+    print(merge_run(run, out, user, dtype, max_shard_size))
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="a merged model, a run folder or an adapter folder")],
+    repo_id: Annotated[str, typer.Option(help="OWNER/NAME on the Hugging Face Hub")],
+    private: Annotated[bool, typer.Option(help="create the repo private")] = False,
+    dry_run: Annotated[bool, typer.Option(help="list what would be uploaded; needs no token")] = False,
+):
+    """Upload a folder to the Hugging Face Hub with a model card built from the run's config and results."""
+    from pigg.publish import push_folder
+
+    print(push_folder(folder, repo_id, private, dry_run))
 
 
 @data_app.command("show")
@@ -133,7 +221,6 @@ ModelOpt = Annotated[
     str | None, typer.Option("--model", help="hub id, model folder, pigg run folder or adapter folder")
 ]
 AdapterOpt = Annotated[str | None, typer.Option(help="a LoRA adapter folder to apply on top of --model")]
-UserOpt = Annotated[int | None, typer.Option("--user", help="apply this user's adapter from RUN/users/ID")]
 
 
 @app.command()
@@ -246,6 +333,8 @@ def _resume_path_option(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    # transformers' own Trainer still calls its deprecated name: noise in every run's log
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         app(args=_resume_path_option(sys.argv[1:]))
     except PiggError as exc:

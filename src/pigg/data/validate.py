@@ -8,7 +8,7 @@ token count from its header size), without decoding pixels, so a 100k-sample set
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pigg.data.render import Renderer, assistant_spans, render_text
@@ -31,6 +31,8 @@ class ValidationReport:
     samples: list[Sample]  # the usable ones
     problems: list[Problem]
     checked: int
+    # (text tokens, image tokens) of each usable sample, as the processor will produce them
+    tokens: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +109,7 @@ def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> Vali
         candidates.append((sample, text, token_counts))
 
     usable = []
+    tokens = []
     tokenizer = renderer.processor.tokenizer
     for chunk_start in range(0, len(candidates), 1024):
         chunk = candidates[chunk_start : chunk_start + 1024]
@@ -128,7 +131,9 @@ def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> Vali
                 problems.append(Problem(sample.source, cause))
                 continue
             usable.append(sample)
-    return ValidationReport(usable, problems, len(samples))
+            image_tokens = sum(stop - start for start, stop in layout.image_spans)
+            tokens.append((layout.length - image_tokens, image_tokens))
+    return ValidationReport(usable, problems, len(samples), tokens)
 
 
 def enforce(report: ValidationReport, on_error: str, run_dir: Path | None = None) -> list[Sample]:

@@ -14,9 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from pigg.errors import ConfigError
+from pigg.train.measure import StepTimer, median
 
 # sysexits' EX_TEMPFAIL: "try again later", the exit code of a run that stopped to be resumed.
 EXIT_RESUMABLE = 75
@@ -86,23 +85,21 @@ def resume_point(run_dir: Path, resume: str | bool | None) -> Path | None:
 # ---------------------------------------------------------------- stopping early
 
 
-class RunControl(TrainerCallback):
+class RunControl(StepTimer):
     """Asks the Trainer to save and stop when a stop signal arrived or the time limit is near.
 
     The time limit counts from `started` (the job's start). A stop is due after a step when one more step,
-    a save and a margin would no longer fit: the step time is the median of the steps so far, the save time
-    the longest save measured (or, before the first, an estimate from the checkpoint's size).
+    a save and a margin would no longer fit: the step time is the median of the last 50 steps, the save
+    time the longest save measured (or, before the first, an estimate from the checkpoint's size).
     """
 
     def __init__(self, time_limit: float | None, started: float, checkpoint_bytes: int):
+        super().__init__()
         self.time_limit = time_limit
         self.started = started
         self.save_estimate = 2.0 + checkpoint_bytes / 200e6  # a conservative 200 MB/s until measured
-        self.step_times: list[float] = []
-        self.save_times: list[float] = []
         self.signal_name: str | None = None
         self.reason: str | None = None
-        self._last = 0.0
         self._previous_handlers: dict[int, object] = {}
 
     # signals ---------------------------------------------------------
@@ -122,37 +119,37 @@ class RunControl(TrainerCallback):
             signal.signal(number, handler)
         self._previous_handlers.clear()
 
-    # timing -----------------------------------------------------------
-    def step_time(self) -> float:
-        times = sorted(self.step_times[-50:])
-        return times[len(times) // 2] if times else 0.0
-
-    def save_time(self) -> float:
-        return max(self.save_times) if self.save_times else self.save_estimate
-
+    # the decision -----------------------------------------------------
     def needed_before_limit(self) -> float:
         """Seconds that must remain for one more step and a save, plus a margin (2%, at most 2 minutes)."""
-        return self.step_time() + self.save_time() + min(120.0, 0.02 * (self.time_limit or 0))
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self._last = time.perf_counter()
+        step = median(self.steps[-50:]) if self.steps else 0.0
+        save = max(self.saves) if self.saves else self.save_estimate
+        return step + save + min(120.0, 0.02 * (self.time_limit or 0))
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self.step_times.append(now - self._last)
-        self._last = now
+        super().on_step_end(args, state, control, **kwargs)
         if self.signal_name and not self.reason:
             self.reason = f"{self.signal_name} received"
         elif self.time_limit and not self.reason:
             elapsed = time.time() - self.started
             if self.time_limit - elapsed < self.needed_before_limit():
                 self.reason = f"time limit {clock(self.time_limit)} near ({clock(elapsed)} elapsed)"
+        if _any_rank(self.reason is not None, args.device) and not self.reason:
+            self.reason = "another process was asked to stop"
         if self.reason and state.global_step < state.max_steps:
             control.should_save = True
             control.should_training_stop = True
         return control
 
-    def on_save(self, args, state, control, **kwargs):
-        now = time.perf_counter()
-        self.save_times.append(now - self._last)
-        self._last = now  # the next step's time excludes the save
+
+def _any_rank(flag: bool, device) -> bool:
+    """True when `flag` is set on any process: under DDP/FSDP every rank must stop at the same step, or
+    the ones still training wait forever for the others."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -39,6 +39,8 @@ class PreparedData:
     renderer: Renderer
     train: list[Sample]
     eval: list[Sample]
+    # (text, image) tokens over the training samples; None when the data was not checked
+    train_tokens: tuple[int, int] | None = None
 
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True) -> PreparedData:
@@ -49,6 +51,8 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
     processor = load_processor(cfg.model.name, family, cfg.model.min_pixels, cfg.model.max_pixels)
     renderer = Renderer(processor, family, cfg.data.system_turns, cfg.data.max_length)
 
+    token_totals = []
+
     def checked(users_spec) -> list[Sample]:
         read = read_samples(cfg.data.path, parse_users(users_spec))
         samples = read.samples[: cfg.data.max_samples] if cfg.data.max_samples else read.samples
@@ -57,11 +61,15 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
         report = validate(samples, renderer, cfg.data.max_length)
         report.problems[:0] = read.problems
         report.checked += len(read.problems)
-        return enforce(report, cfg.data.on_error, run_dir)
+        usable = enforce(report, cfg.data.on_error, run_dir)
+        token_totals.append((sum(t for t, _ in report.tokens), sum(i for _, i in report.tokens)))
+        return usable
 
     train = checked(cfg.data.train_users)
     eval_samples = checked(cfg.data.test_users) if cfg.train.eval and cfg.data.test_users is not None else []
-    return PreparedData(family, processor, renderer, train, eval_samples)
+    return PreparedData(
+        family, processor, renderer, train, eval_samples, token_totals[0] if token_totals else None
+    )
 
 
 def _precision(cfg: ExperimentConfig):
@@ -214,6 +222,17 @@ def train(
 
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_CONFIG).write_text(cfg.to_yaml())
+        # Until this job ends, the run is running: a stale "stopped" summary must not requeue a crashed job.
+        (run_dir / RUN_SUMMARY).write_text(
+            json.dumps(
+                {
+                    "run": cfg.name,
+                    "status": "running",
+                    "method": cfg.train.method,
+                    "base_model": cfg.model.name,
+                }
+            )
+        )
         control.install()
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
