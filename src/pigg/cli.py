@@ -90,6 +90,20 @@ def plan(
 
 
 @app.command()
+def params(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+):
+    """Which parts train, how, and their parameter counts, from the model's config alone (meta device)."""
+    from pigg.config import load_config
+    from pigg.models.params import markdown, parameter_report, to_json
+
+    report = parameter_report(load_config(config, overrides))
+    print(to_json(report) if as_json else markdown(report))
+
+
+@app.command()
 def sbatch(
     config: ConfigArg,
     overrides: Overrides = None,

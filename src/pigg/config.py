@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pigg.errors import ConfigError
 
@@ -109,12 +109,15 @@ class LoraSection(_Section):
 class TrainSection(_Section):
     method: Literal["lora", "full"] = "lora"
     output_dir: str = "runs/run"
-    learning_rate: float = Field(1e-6, gt=0)
+    learning_rate: float = Field(1e-6, gt=0, description="the LLM's; the other parts default to it")
+    vision_lr: float | None = Field(None, gt=0, description="the vision blocks' (seed 002's vit_lr)")
+    aligner_lr: float | None = Field(None, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="-1: run for `epochs`")
     batch_size: int = Field(1, gt=0)
     grad_accum: int = Field(8, gt=0)
     warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="overrides warmup_steps when set")
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
@@ -177,11 +180,22 @@ class PersonalizeSection(_Section):
         return value
 
 
-class VisionSection(_Section):
-    """How the vision tower (without the aligner) trains. Seed 000 keeps it frozen; a random-weight tiny
-    model has to learn to see, so the demo trains it fully."""
+Selection = str | int
 
-    method: Literal["frozen", "full"] = "frozen"
+
+class VisionSection(_Section):
+    """How the vision tower's blocks train (the aligner is its own part). Seed 000 keeps them frozen; seed
+    002 trains the last 6 with LoRA; a random-weight tiny model must learn to see, so the demo trains all."""
+
+    method: Literal["frozen", "full", "lora"] = "frozen"
+    blocks: Selection = Field("all", description='"all", "last:6", "18-23" or "0,4,8-9"')
+
+
+class LlmSection(_Section):
+    """How the language model's decoder layers train. `auto` takes `train.method` (lora or full)."""
+
+    method: Literal["auto", "frozen", "full", "lora"] = "auto"
+    layers: Selection = Field("all", description='"all", "last:2", "34-35"; full+all includes embeddings')
 
 
 class ExperimentConfig(_Section):
@@ -191,19 +205,20 @@ class ExperimentConfig(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     lora: LoraSection = Field(default_factory=LoraSection)
     vision: VisionSection = Field(default_factory=VisionSection)
+    llm: LlmSection = Field(default_factory=LlmSection)
     # The aligner (projector) merges vision features into the LLM's space.
-    aligner: Literal["frozen", "full"] = "frozen"
+    aligner: Literal["frozen", "full", "lora"] = "frozen"
     eval: EvalSection = Field(default_factory=EvalSection)
     personalize: PersonalizeSection = Field(default_factory=PersonalizeSection)
 
-    @model_validator(mode="after")
-    def _vision_training_needs_full(self) -> ExperimentConfig:
-        if self.train.method == "lora" and (self.vision.method != "frozen" or self.aligner != "frozen"):
-            raise ValueError(
-                "vision.method and aligner must be 'frozen' with train.method=lora "
-                "(parts trained fully go with train.method=full)"
-            )
-        return self
+    @property
+    def llm_method(self) -> str:
+        return self.train.method if self.llm.method == "auto" else self.llm.method
+
+    @property
+    def saves_adapter(self) -> bool:
+        """Whether the run is a peft adapter (some part uses LoRA) rather than full weights."""
+        return "lora" in (self.llm_method, self.vision.method, self.aligner)
 
     @property
     def name(self) -> str:

@@ -107,13 +107,19 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
     from pigg.train.trainer import build_trainer
 
     spread = (
-        cuda
-        and torch.cuda.device_count() > 1
-        and cfg.train.method == "full"
-        and "WORLD_SIZE" not in os.environ
+        cuda and torch.cuda.device_count() > 1 and not cfg.saves_adapter and "WORLD_SIZE" not in os.environ
     )
     model = load_model(cfg.model.name, dtype, "auto" if spread else None, cfg.model.attn_implementation)
-    model = apply_method(model, data.family, cfg.train.method, cfg.lora, cfg.vision.method, cfg.aligner)
+    model = apply_method(
+        model,
+        data.family,
+        cfg.llm_method,
+        cfg.lora,
+        cfg.vision.method,
+        cfg.aligner,
+        vision_blocks=cfg.vision.blocks,
+        llm_layers=cfg.llm.layers,
+    )
     arguments = dict(
         output_dir=str(run_dir),
         learning_rate=cfg.train.learning_rate,
@@ -122,7 +128,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         per_device_train_batch_size=cfg.train.batch_size,
         per_device_eval_batch_size=cfg.train.batch_size,
         gradient_accumulation_steps=cfg.train.grad_accum,
-        warmup_steps=cfg.train.warmup_steps,
+        warmup_steps=cfg.train.warmup_ratio if cfg.train.warmup_ratio is not None else cfg.train.warmup_steps,
         weight_decay=cfg.train.weight_decay,
         lr_scheduler_type=cfg.train.lr_scheduler,
         max_grad_norm=cfg.train.max_grad_norm,
@@ -151,6 +157,12 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         eval_samples=data.eval,
         processor=data.processor,
         tensorboard_dir=Path(arguments["output_dir"]) / "tensorboard" if board else None,
+        family=data.family,
+        learning_rates={
+            "llm": cfg.train.learning_rate,
+            "vision": cfg.train.vision_lr or cfg.train.learning_rate,
+            "aligner": cfg.train.aligner_lr or cfg.train.learning_rate,
+        },
         report_to="none",
         **arguments,
     )
@@ -214,7 +226,7 @@ def train(
         model, trainer = build_run(cfg, data, run_dir, dtype, cuda)
         print(trainable_line(model))
         limit = cfg.train.time_limit_seconds
-        control = RunControl(limit, started, checkpoint_bytes(model, cfg.train.method))
+        control = RunControl(limit, started, checkpoint_bytes(model, "lora" if cfg.saves_adapter else "full"))
         for callback in [control, *(callbacks or [])]:
             trainer.add_callback(callback)
         if limit:
@@ -228,7 +240,7 @@ def train(
                 {
                     "run": cfg.name,
                     "status": "running",
-                    "method": cfg.train.method,
+                    "method": "lora" if cfg.saves_adapter else "full",
                     "base_model": cfg.model.name,
                 }
             )
@@ -243,7 +255,7 @@ def train(
         summary = {
             "run": cfg.name,
             "status": "stopped" if control.reason else "complete",
-            "method": cfg.train.method,
+            "method": "lora" if cfg.saves_adapter else "full",
             "base_model": cfg.model.name,
             "family": data.family.name,
             "train_samples": len(data.train),

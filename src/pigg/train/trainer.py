@@ -36,9 +36,24 @@ class PiggTrainer(Trainer):
     _staging = False
     _since: tuple[float, int, int] | None = None  # (time, step, tokens) at the previous training log
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, family=None, learning_rates: dict[str, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.family = family
+        self.learning_rates = learning_rates
         self.add_callback(_ThroughputClock(self))
+
+    # -- one learning rate per part (vision, aligner, llm); no decay on biases and norms -----------
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.family is None or self.learning_rates is None:
+            return super().create_optimizer(model)
+        from pigg.models.trainable import param_groups
+
+        target = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(target))
+        groups = param_groups(target, self.family, self.learning_rates, self.args.weight_decay, decay)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     # -- checkpoints: written to RUN/.partial/checkpoint-N, renamed when complete ----------------------
     def _get_output_dir(self, trial) -> str:
@@ -104,6 +119,8 @@ def build_trainer(
     processor=None,
     callbacks: list | None = None,
     tensorboard_dir: Path | None = None,
+    family=None,
+    learning_rates: dict[str, float] | None = None,
     **arguments,
 ) -> PiggTrainer:
     """A PiggTrainer over pigg samples; progress is pigg's one-line-per-log ProgressCallback instead of the
@@ -132,6 +149,8 @@ def build_trainer(
         data_collator=renderer.collate,
         processing_class=processor,
         callbacks=[ProgressCallback(samples_per_step), *extra],
+        family=family,
+        learning_rates=learning_rates,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
