@@ -102,11 +102,11 @@ def test_grounding_commands_explain_what_is_missing(tiny_model, synth_data, tmp_
     assert "needs --model, --image and --prompt" in str(result.exception)
 
 
-def test_vision_training_with_lora_is_refused(tmp_path):
+def test_a_pack_length_below_max_length_is_refused(tmp_path):
     config = _write_config(tmp_path / "c.yaml", "m", "d", method="lora")
-    result = runner.invoke(app, ["data", "validate", str(config), "vision.method=full"])
+    result = runner.invoke(app, ["data", "validate", str(config), "data.packing=true", "data.pack_length=100"])
     assert isinstance(result.exception, ConfigError)
-    assert "vision.method and aligner must be 'frozen' with train.method=lora" in str(result.exception)
+    assert "data.pack_length=100 is below data.max_length" in str(result.exception)
 
 
 def test_eval_of_a_model_folder_on_named_users(tiny_model, synth_data, tmp_path):

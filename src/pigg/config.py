@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pigg.errors import ConfigError
 
@@ -90,6 +90,19 @@ class DataSection(_Section):
     # Seed 000 rewrote system turns as user turns; Qwen-VL templates render a system turn natively.
     system_turns: Literal["auto", "keep", "to_user"] = "auto"
     on_error: Literal["stop", "skip"] = "stop"
+    # Pack each micro-batch's samples into rows of at most pack_length tokens (default: max_length),
+    # without attention across samples; padding-free batches with the same loss.
+    packing: bool = False
+    pack_length: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _samples_fit_a_pack(self) -> DataSection:
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ValueError(
+                f"data.pack_length={self.pack_length} is below data.max_length={self.max_length}: "
+                "a sample of max_length tokens would fit no row"
+            )
+        return self
     max_samples: int | None = Field(None, gt=0)
 
     @field_validator("train_users", "test_users")

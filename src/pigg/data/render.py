@@ -138,10 +138,14 @@ class Renderer:
     def collate(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         """Encode and right-pad a batch; a batch with no trained token is an error, not a zero loss."""
         encoded = [self.encode(s) for s in samples]
-        if all((e["labels"] != IGNORE_INDEX).sum() == 0 for e in encoded):
-            sources = ", ".join(s.source for s in samples)
-            raise DataError(f"no trainable (assistant) token in batch [{sources}]: check the chat template")
+        require_trained_tokens(encoded, samples)
         return pad_batch(encoded, self.markers.pad)
+
+
+def require_trained_tokens(encoded: list[dict[str, torch.Tensor]], samples: list[Sample]) -> None:
+    if all((e["labels"] != IGNORE_INDEX).sum() == 0 for e in encoded):
+        sources = ", ".join(s.source for s in samples)
+        raise DataError(f"no trainable (assistant) token in batch [{sources}]: check the chat template")
 
 
 def pad_batch(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:

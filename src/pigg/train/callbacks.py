@@ -82,6 +82,13 @@ class ProgressCallback(TrainerCallback):
             f"lr {logs.get('learning_rate', 0):.2e} | grad_norm {logs.get('grad_norm', float('nan')):.3f} | "
             f"{samples_s:.2f} samples/s | "
             + (f"{tokens_s:.0f} tokens/s | " if tokens_s is not None else "")
+            + (f"pad {100 * logs['padding_fraction']:.1f}% " if "padding_fraction" in logs else "")
+            + (
+                f"(unpacked {100 * logs['padding_fraction_unpacked']:.1f}%) "
+                if "padding_fraction_unpacked" in logs
+                else ""
+            )
+            + ("| " if "padding_fraction" in logs else "")
             + f"{clock(elapsed)} elapsed, ETA {clock(remaining)}",
             flush=True,
         )

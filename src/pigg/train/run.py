@@ -102,6 +102,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
     TrainingArguments (`pigg plan` runs a few steps into a scratch folder this way)."""
     import torch
 
+    from pigg.data.packing import TrainingCollator, rope_index_of
     from pigg.models.loading import load_model
     from pigg.models.trainable import apply_method
     from pigg.train.trainer import build_trainer
@@ -148,6 +149,11 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         dataloader_num_workers=cfg.train.num_workers,
     )
     board = "tensorboard" in cfg.train.report_to
+    collator = TrainingCollator(data.renderer)
+    if cfg.data.packing:
+        collator = TrainingCollator(
+            data.renderer, rope_index_of(model), cfg.data.pack_length or cfg.data.max_length
+        )
     arguments.update(overrides)
     trainer = build_trainer(
         model,
@@ -158,6 +164,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         processor=data.processor,
         tensorboard_dir=Path(arguments["output_dir"]) / "tensorboard" if board else None,
         family=data.family,
+        collator=collator,
         learning_rates={
             "llm": cfg.train.learning_rate,
             "vision": cfg.train.vision_lr or cfg.train.learning_rate,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
 
+from pigg.data.packing import STATS_KEY, TrainingCollator
 from pigg.data.render import Renderer
 from pigg.data.sample import Sample
 from pigg.train.control import STAGING
@@ -35,6 +36,8 @@ class SampleList:
 class PiggTrainer(Trainer):
     _staging = False
     _since: tuple[float, int, int] | None = None  # (time, step, tokens) at the previous training log
+    # Padding since the previous log: [real tokens, tokens if padded per batch, tokens computed]
+    _padding = (0, 0, 0)
 
     def __init__(self, *args, family=None, learning_rates: dict[str, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -83,6 +86,27 @@ class PiggTrainer(Trainer):
             rotate_checkpoints(str(run_dir), self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
 
+    # -- padding statistics from the collator; real (non-padding) tokens for tokens/s --------------
+    def _track_num_input_tokens(self, inputs):
+        stats = inputs.get(STATS_KEY)
+        if stats is None or self.args.include_num_input_tokens_seen != "non_padding":
+            return super()._track_num_input_tokens(inputs)
+        real = stats[0].to(self.args.device)
+        self.state.num_input_tokens_seen += int(self.accelerator.gather(real).sum().item())
+
+    def _prepare_inputs(self, inputs):
+        stats = inputs.pop(STATS_KEY, None)
+        if stats is not None and self.model.training:
+            self._padding = tuple(a + int(b) for a, b in zip(self._padding, stats.tolist(), strict=True))
+        return super()._prepare_inputs(inputs)
+
+    def padding_fractions(self) -> tuple[float, float] | None:
+        """(padding if every batch were padded, padding as computed) since the previous log."""
+        real, padded, computed = self._padding
+        if not computed:
+            return None
+        return 1 - real / padded, 1 - real / computed
+
     # -- throughput in every training log ------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -97,6 +121,12 @@ class PiggTrainer(Trainer):
                 logs["samples_per_second"] = round((step - self._since[1]) * per_step / seconds, 3)
                 logs["tokens_per_second"] = round((tokens - self._since[2]) / seconds, 1)
             self._since = (now, step, tokens)
+            fractions = self.padding_fractions()
+            if fractions is not None:
+                logs["padding_fraction"] = round(fractions[1], 4)
+                if getattr(self.data_collator, "pack_length", None):
+                    logs["padding_fraction_unpacked"] = round(fractions[0], 4)
+                self._padding = (0, 0, 0)
         super().log(logs, start_time)
 
 
@@ -121,6 +151,7 @@ def build_trainer(
     tensorboard_dir: Path | None = None,
     family=None,
     learning_rates: dict[str, float] | None = None,
+    collator: TrainingCollator | None = None,
     **arguments,
 ) -> PiggTrainer:
     """A PiggTrainer over pigg samples; progress is pigg's one-line-per-log ProgressCallback instead of the
@@ -146,7 +177,7 @@ def build_trainer(
         args=args,
         train_dataset=SampleList(train_samples),
         eval_dataset=SampleList(eval_samples) if eval_samples else None,
-        data_collator=renderer.collate,
+        data_collator=collator or TrainingCollator(renderer),
         processing_class=processor,
         callbacks=[ProgressCallback(samples_per_step), *extra],
         family=family,
