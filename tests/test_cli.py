@@ -104,7 +104,9 @@ def test_grounding_commands_explain_what_is_missing(tiny_model, synth_data, tmp_
 
 def test_a_pack_length_below_max_length_is_refused(tmp_path):
     config = _write_config(tmp_path / "c.yaml", "m", "d", method="lora")
-    result = runner.invoke(app, ["data", "validate", str(config), "data.packing=true", "data.pack_length=100"])
+    result = runner.invoke(
+        app, ["data", "validate", str(config), "data.packing=true", "data.pack_length=100"]
+    )
     assert isinstance(result.exception, ConfigError)
     assert "data.pack_length=100 is below data.max_length" in str(result.exception)
 

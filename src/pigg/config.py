@@ -103,6 +103,7 @@ class DataSection(_Section):
                 "a sample of max_length tokens would fit no row"
             )
         return self
+
     max_samples: int | None = Field(None, gt=0)
 
     @field_validator("train_users", "test_users")
