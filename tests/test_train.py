@@ -94,3 +94,18 @@ def test_tiny_qwen2_5_vl_trains_through_the_same_path(tiny_config, tmp_path):
     assert losses[-1] < losses[0]
     trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
     assert trainable and not any("visual" in n for n in trainable)
+
+
+def test_eval_split_by_held_out_fraction(tiny_config):
+    import pytest
+
+    from pigg.errors import ConfigError
+    from pigg.train.run import prepare_data
+
+    data = prepare_data(tiny_config("train.eval=true", "data.eval_fraction=0.25"))
+    again = prepare_data(tiny_config("train.eval=true", "data.eval_fraction=0.25"))
+    assert (len(data.train), len(data.eval)) == (18, 6)
+    assert {s.source for s in data.train}.isdisjoint(s.source for s in data.eval)
+    assert [s.source for s in data.eval] == [s.source for s in again.eval]  # seeded
+    with pytest.raises(ConfigError, match="needs data.test_users or data.eval_fraction"):
+        prepare_data(tiny_config("train.eval=true"))

@@ -104,6 +104,20 @@ def params(
 
 
 @app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="two or more run folders")],
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("compare"),
+):
+    """Compare runs from their logs: final and smoothed train/eval loss, steps, time, gap, the winner, and
+    loss curves (compare.md, loss_curves.png)."""
+    from pigg.train.compare import compare_runs
+
+    path = compare_runs(runs, out)
+    print(path.read_text())
+    print(path)
+
+
+@app.command()
 def sbatch(
     config: ConfigArg,
     overrides: Overrides = None,

@@ -90,6 +90,9 @@ class DataSection(_Section):
     # Seed 000 rewrote system turns as user turns; Qwen-VL templates render a system turn natively.
     system_turns: Literal["auto", "keep", "to_user"] = "auto"
     on_error: Literal["stop", "skip"] = "stop"
+    # Evaluation during training (train.eval) uses test_users, or, when set, this fraction of the training
+    # samples held out (seeded by train.seed).
+    eval_fraction: float | None = Field(None, gt=0, lt=1)
     # Pack each micro-batch's samples into rows of at most pack_length tokens (default: max_length),
     # without attention across samples; padding-free batches with the same loss.
     packing: bool = False
@@ -141,6 +144,9 @@ class TrainSection(_Section):
     save_total_limit: int = Field(3, gt=0)
     logging_steps: int = Field(10, gt=0)
     eval: bool = False
+    eval_steps: int | None = Field(None, gt=0, description="default: save_steps")
+    # DeepSpeed config JSON (e.g. configs/deepspeed/zero2.json); needs CUDA.
+    deepspeed: str | None = None
     seed: int = 42
     num_workers: int = Field(0, ge=0)
     log_dir: str = "logs"

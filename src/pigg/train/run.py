@@ -66,10 +66,29 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
         return usable
 
     train = checked(cfg.data.train_users)
-    eval_samples = checked(cfg.data.test_users) if cfg.train.eval and cfg.data.test_users is not None else []
+    eval_samples: list[Sample] = []
+    if cfg.train.eval and cfg.data.eval_fraction:
+        train, eval_samples = hold_out(train, cfg.data.eval_fraction, cfg.train.seed)
+    elif cfg.train.eval and cfg.data.test_users is not None:
+        eval_samples = checked(cfg.data.test_users)
+    elif cfg.train.eval:
+        raise ConfigError("train.eval=true needs data.test_users or data.eval_fraction to evaluate on")
     return PreparedData(
         family, processor, renderer, train, eval_samples, token_totals[0] if token_totals else None
     )
+
+
+def hold_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, eval): a seeded random `fraction` of the samples (at least one) held out for evaluation."""
+    import random
+
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(fraction * len(samples)))
+    held = set(order[:n_eval])
+    return [s for i, s in enumerate(samples) if i not in held], [
+        s for i, s in enumerate(samples) if i in held
+    ]
 
 
 def _precision(cfg: ExperimentConfig):
@@ -95,6 +114,21 @@ def checkpoint_bytes(model, method: str) -> int:
     trainable, total = count_parameters(model)
     element = next(model.parameters()).element_size()
     return (total if method == "full" else trainable) * element + trainable * 8
+
+
+def _deepspeed(cfg: ExperimentConfig, cuda: bool) -> str | None:
+    """The DeepSpeed config path, checked: DeepSpeed runs on CUDA only, so on CPU say so plainly."""
+    if cfg.train.deepspeed is None:
+        return None
+    if not Path(cfg.train.deepspeed).is_file():
+        raise ConfigError(f"train.deepspeed: {cfg.train.deepspeed} does not exist")
+    if not cuda:
+        raise ConfigError(
+            f"train.deepspeed={cfg.train.deepspeed} needs a CUDA GPU, and none is visible; "
+            "run on a GPU machine (launch with `deepspeed` or `torchrun`), or set train.deepspeed=null to "
+            "train without it"
+        )
+    return cfg.train.deepspeed
 
 
 def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, cuda: bool, **overrides):
@@ -142,7 +176,8 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit,
         eval_strategy="steps" if data.eval else "no",
-        eval_steps=cfg.train.save_steps if data.eval else None,
+        eval_steps=(cfg.train.eval_steps or cfg.train.save_steps) if data.eval else None,
+        deepspeed=_deepspeed(cfg, cuda),
         logging_steps=cfg.train.logging_steps,
         logging_first_step=True,
         seed=cfg.train.seed,
@@ -218,6 +253,7 @@ def train(
         if checkpoint is not None:
             print(f"resuming from {checkpoint}")
         cuda, dtype = _precision(cfg)
+        _deepspeed(cfg, cuda)  # a CPU-only machine hears it now, before any weights load
         if cuda:
             print(f"GPUs: {torch.cuda.device_count()} ({torch.cuda.get_device_name(0)}), dtype {dtype}")
         else:

@@ -88,17 +88,19 @@ class PiggTrainer(Trainer):
 
     # -- padding statistics from the collator; real (non-padding) tokens for tokens/s --------------
     def _track_num_input_tokens(self, inputs):
-        stats = inputs.get(STATS_KEY)
-        if stats is None or self.args.include_num_input_tokens_seen != "non_padding":
+        stats = inputs.get(STATS_KEY)  # training batches only: the Trainer calls this after the step
+        if stats is None:
             return super()._track_num_input_tokens(inputs)
-        real = stats[0].to(self.args.device)
-        self.state.num_input_tokens_seen += int(self.accelerator.gather(real).sum().item())
+        self._padding = tuple(a + int(b) for a, b in zip(self._padding, stats.tolist(), strict=True))
+        if self.args.include_num_input_tokens_seen == "non_padding":
+            real = stats[0].to(self.args.device)
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(real).sum().item())
+        else:
+            super()._track_num_input_tokens(inputs)
 
     def _prepare_inputs(self, inputs):
-        stats = inputs.pop(STATS_KEY, None)
-        if stats is not None and self.model.training:
-            self._padding = tuple(a + int(b) for a, b in zip(self._padding, stats.tolist(), strict=True))
-        return super()._prepare_inputs(inputs)
+        # The model never sees the statistics; the batch itself keeps them for _track_num_input_tokens.
+        return super()._prepare_inputs({k: v for k, v in inputs.items() if k != STATS_KEY})
 
     def padding_fractions(self) -> tuple[float, float] | None:
         """(padding if every batch were padded, padding as computed) since the previous log."""
