@@ -118,6 +118,32 @@ def compare(
 
 
 @app.command()
+def bench(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    steps: Annotated[int, typer.Option(help="timed optimizer steps per run")] = 6,
+    warmup: Annotated[int, typer.Option(help="untimed steps before them")] = 2,
+    repeat: Annotated[int, typer.Option(help="runs per path, interleaved")] = 2,
+    paths: Annotated[str | None, typer.Option(help="comma-separated paths (default: all)")] = None,
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("bench"),
+    gpus: Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0")] = None,
+):
+    """Training paths side by side (seed 000's baseline, pigg's default, ablations): samples/s, tokens/s,
+    step time, peak memory, MFU on GPU, loss after the same samples, ratio to the baseline."""
+    from pigg.train.run import select_gpus
+
+    select_gpus(gpus)
+    from pigg.train.bench import bench as run_bench
+
+    chosen = [p.strip() for p in paths.split(",")] if paths else None
+    path = run_bench(
+        config, overrides, chosen, steps, warmup, repeat, out, progress=lambda m: print(m, file=sys.stderr)
+    )
+    print(path.with_name("bench.md").read_text())
+    print(path)
+
+
+@app.command()
 def sbatch(
     config: ConfigArg,
     overrides: Overrides = None,

@@ -39,6 +39,7 @@ class RunCurves:
     steps: int
     seconds: float | None
     status: str
+    trainable: int | None = None
 
     def final(self, which: str) -> float | None:
         points = getattr(self, which)
@@ -73,7 +74,16 @@ def read_run(folder: str | Path) -> RunCurves:
         evals = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
         steps, seconds = state["global_step"], None
     name = summary.get("run") or folder.name
-    return RunCurves(name, folder, train, evals, steps, seconds, summary.get("status", "unknown"))
+    return RunCurves(
+        name,
+        folder,
+        train,
+        evals,
+        steps,
+        seconds,
+        summary.get("status", "unknown"),
+        summary.get("trainable_params"),
+    )
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -91,15 +101,15 @@ def report_markdown(runs: list[RunCurves], png: str) -> str:
         "eval loss minus smoothed train loss.",
         "",
         "| run | eval loss (smoothed) | eval loss (final) | train loss (smoothed) | train loss (final) | "
-        "final step | training time | gap |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "final step | training time | gap | trainable params |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in ranked + [r for r in runs if r not in ranked]:
         mark = " ✅" if ranked and r is ranked[0] else ""
         lines.append(
             f"| {r.name}{mark} | {_fmt(r.smooth('eval'))} | {_fmt(r.final('eval'))} | {_fmt(r.smooth('train'))} | "
             f"{_fmt(r.final('train'))} | {r.steps} | {clock(r.seconds) if r.seconds is not None else '-'} | "
-            f"{_fmt(r.gap)} |"
+            f"{_fmt(r.gap)} | {f'{r.trainable:,}' if r.trainable else '-'} |"
         )
     if ranked:
         best = ranked[0]
@@ -169,6 +179,7 @@ def compare_runs(folders: list[str | Path], out: str | Path) -> Path:
                     "final_step": r.steps,
                     "train_seconds": r.seconds,
                     "gap": r.gap,
+                    "trainable_params": r.trainable,
                 }
                 for r in runs
             ],

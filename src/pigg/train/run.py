@@ -238,7 +238,7 @@ def train(
     import torch
     from transformers import set_seed
 
-    from pigg.models.trainable import trainable_line
+    from pigg.models.trainable import count_parameters, trainable_line
     from pigg.train.callbacks import tee_output
     from pigg.train.control import RunControl, clock, resume_point
 
@@ -302,6 +302,7 @@ def train(
             "base_model": cfg.model.name,
             "family": data.family.name,
             "train_samples": len(data.train),
+            "trainable_params": count_parameters(model)[0],
             "steps": trainer.state.global_step,
             "max_steps": trainer.state.max_steps,
             "resumed_from": str(checkpoint) if checkpoint else None,
