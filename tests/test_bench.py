@@ -32,11 +32,11 @@ def test_bench_report_has_every_field(tiny_config, tmp_path):
         "--out",
         str(tmp_path / "b"),
     ]
-    result = CliRunner().invoke(app, [*args, "--paths", "baseline,default,default-no-packing"])
+    result = CliRunner().invoke(app, [*args, "--paths", "baseline,default,default+packing"])
     assert result.exit_code == 0, result.output
     path = result.output.strip().splitlines()[-1]
     report = json.loads(Path(path).read_text())
-    assert set(report["paths"]) == {"baseline", "default", "default-no-packing"}
+    assert set(report["paths"]) == {"baseline", "default", "default+packing"}
     for name, figures in report["paths"].items():
         assert set(figures) >= FIELDS, name
         assert len(figures["runs"]) == 2 and figures["samples_per_second"] > 0

@@ -94,7 +94,8 @@ class DataSection(_Section):
     # samples held out (seeded by train.seed).
     eval_fraction: float | None = Field(None, gt=0, lt=1)
     # Pack each micro-batch's samples into rows of at most pack_length tokens (default: max_length),
-    # without attention across samples; padding-free batches with the same loss.
+    # without attention across samples; padding-free batches with the same loss. Off by default: on CPU
+    # the block-diagonal mask costs more than the little padding of similar-length samples saves.
     packing: bool = False
     pack_length: int | None = Field(None, gt=0)
 
@@ -131,15 +132,19 @@ class TrainSection(_Section):
     aligner_lr: float | None = Field(None, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="-1: run for `epochs`")
-    batch_size: int = Field(1, gt=0)
-    grad_accum: int = Field(8, gt=0)
+    # pigg's speed defaults (measured in docs/benchmarks.md): micro-batches of 8 without accumulation;
+    # seed 000's recipe (batch 1 x accumulation 8, checkpointing on) is configs/global_lora.yaml.
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
     warmup_steps: int = Field(0, ge=0)
     warmup_ratio: float | None = Field(None, ge=0, lt=1, description="overrides warmup_steps when set")
     weight_decay: float = Field(0.0, ge=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
     bf16: Literal["auto"] | bool = "auto"
-    gradient_checkpointing: bool = True
+    # auto: off on CPU (memory is plentiful there; recomputing activations only costs time), on with CUDA,
+    # where running out of memory loses the run.
+    gradient_checkpointing: Literal["auto"] | bool = "auto"
     save_steps: int = Field(500, gt=0)
     save_total_limit: int = Field(3, gt=0)
     logging_steps: int = Field(10, gt=0)
@@ -148,7 +153,10 @@ class TrainSection(_Section):
     # DeepSpeed config JSON (e.g. configs/deepspeed/zero2.json); needs CUDA.
     deepspeed: str | None = None
     seed: int = 42
-    num_workers: int = Field(0, ge=0)
+    # Dataloader processes that decode and resize screenshots while the model computes. auto: one per
+    # CPU core left over after the training process, at most 8 (measured: image preprocessing is most of
+    # a small model's step).
+    num_workers: Literal["auto"] | int = "auto"
     log_dir: str = "logs"
     # TensorBoard event files go to RUN/tensorboard; [] turns them off.
     report_to: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"])

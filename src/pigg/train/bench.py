@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pigg.config import ExperimentConfig, TrainSection, load_config
+from pigg.config import DataSection, ExperimentConfig, TrainSection, load_config
 from pigg.errors import ConfigError
 from pigg.train.measure import PeakMemory, StepTimer, human_bytes, median
 
@@ -38,7 +38,8 @@ def speed_settings(effective: int) -> dict[str, list[str]]:
         f"train.batch_size={micro}",
         f"train.grad_accum={max(1, effective // micro)}",
         f"train.gradient_checkpointing={defaults.gradient_checkpointing}",
-        "data.packing=true",
+        f"data.packing={DataSection.model_fields['packing'].default}",
+        f"train.num_workers={defaults.num_workers}",
     ]
     return {
         "baseline": [
@@ -49,7 +50,8 @@ def speed_settings(effective: int) -> dict[str, list[str]]:
             "train.num_workers=0",
         ],
         "default": default,
-        "default-no-packing": [*default, "data.packing=false"],
+        "default+packing": [*default, "data.packing=true"],
+        "default-no-workers": [*default, "train.num_workers=0"],
         "default-micro-batch-1": [*default, "train.batch_size=1", f"train.grad_accum={effective}"],
         "default+checkpointing": [*default, "train.gradient_checkpointing=true"],
     }

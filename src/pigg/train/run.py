@@ -116,6 +116,12 @@ def checkpoint_bytes(model, method: str) -> int:
     return (total if method == "full" else trainable) * element + trainable * 8
 
 
+def _workers(setting: str | int) -> int:
+    if setting != "auto":
+        return int(setting)
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
 def _deepspeed(cfg: ExperimentConfig, cuda: bool) -> str | None:
     """The DeepSpeed config path, checked: DeepSpeed runs on CUDA only, so on CPU say so plainly."""
     if cfg.train.deepspeed is None:
@@ -170,7 +176,9 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not cuda,
-        activation_checkpointing=cfg.train.gradient_checkpointing,
+        activation_checkpointing=cuda
+        if cfg.train.gradient_checkpointing == "auto"
+        else cfg.train.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         save_strategy="steps",
         save_steps=cfg.train.save_steps,
@@ -181,7 +189,11 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         logging_steps=cfg.train.logging_steps,
         logging_first_step=True,
         seed=cfg.train.seed,
-        dataloader_num_workers=cfg.train.num_workers,
+        dataloader_num_workers=_workers(cfg.train.num_workers),
+        # Not persistent: a resumed run then draws worker seeds from the RNG at the same points as a
+        # straight one, which keeps resume exact (persistent workers skip a draw per epoch).
+        dataloader_persistent_workers=False,
+        dataloader_pin_memory=cuda,
     )
     board = "tensorboard" in cfg.train.report_to
     collator = TrainingCollator(data.renderer)
