@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pigg.config import DataSection, ExperimentConfig, TrainSection, load_config
 from pigg.errors import ConfigError
-from pigg.train.measure import PeakMemory, StepTimer, human_bytes, median
+from pigg.train.measure import PeakMemory, human_bytes, median, timed_run
 
 # Dense bf16 peak of the GPUs pigg reports MFU for (no sparsity), FLOP/s.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -104,20 +104,13 @@ def _flops_per_sample(model, cfg: ExperimentConfig, text: float, image: float) -
 def run_path(cfg: ExperimentConfig, data, warmup: int, steps: int) -> tuple[PathRun, object]:
     import torch
 
-    from pigg.train.callbacks import ProgressCallback
-    from pigg.train.run import _precision, build_run
-
-    cuda, dtype = _precision(cfg)
     scratch = Path(tempfile.mkdtemp(prefix="pigg_bench_"))
-    timer = StepTimer()
     try:
         torch.manual_seed(cfg.train.seed)
-        model, trainer = build_run(
+        model, trainer, timer = timed_run(
             cfg,
             data,
             scratch,
-            dtype,
-            cuda,
             max_steps=warmup + steps,
             save_strategy="no",
             eval_strategy="no",
@@ -125,8 +118,6 @@ def run_path(cfg: ExperimentConfig, data, warmup: int, steps: int) -> tuple[Path
             warmup_steps=0,
             lr_scheduler_type="constant",
         )
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(timer)
         with PeakMemory() as peak:
             trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]

@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -94,6 +95,20 @@ class StepTimer(TrainerCallback):
         now = self._now()
         self.saves.append(now - self._last)
         self._last = now
+
+
+def timed_run(cfg, data, scratch: Path, **overrides):
+    """(model, trainer, timer): `cfg`'s model and trainer writing to `scratch`, with a StepTimer and no
+    progress lines; `overrides` replace TrainingArguments (max_steps, save_steps, ...)."""
+    from pigg.train.callbacks import ProgressCallback
+    from pigg.train.run import _precision, build_run
+
+    cuda, dtype = _precision(cfg)
+    model, trainer = build_run(cfg, data, scratch, dtype, cuda, **overrides)
+    trainer.remove_callback(ProgressCallback)  # the report is the output
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    return model, trainer, timer
 
 
 def median(values: list[float]) -> float:

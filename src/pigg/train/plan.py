@@ -21,7 +21,7 @@ from pathlib import Path
 from pigg.config import ExperimentConfig, load_config
 from pigg.errors import ConfigError
 from pigg.train.control import clock
-from pigg.train.measure import PeakMemory, StepTimer, human_bytes, median
+from pigg.train.measure import PeakMemory, human_bytes, median, timed_run
 
 
 def expand_tries(tries: list[str]) -> list[list[str]]:
@@ -117,33 +117,26 @@ def measure(
     Checked data is reused from `data_cache` while the model and data sections stay the same."""
     import torch
 
-    from pigg.train.callbacks import ProgressCallback
-    from pigg.train.run import _precision, build_run, prepare_data
+    from pigg.train.run import prepare_data
 
     started = time.perf_counter()
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    cuda, dtype = _precision(cfg)
     scratch = Path(tempfile.mkdtemp(prefix="pigg_plan_"))
     try:
         key = json.dumps([cfg.model.model_dump(), cfg.data.model_dump(), cfg.train.eval])
         cache = {} if data_cache is None else data_cache
         data = cache[key] if key in cache else cache.setdefault(key, prepare_data(cfg, scratch))
         total = warmup + steps
-        timer = StepTimer()
-        model, trainer = build_run(
+        model, trainer, timer = timed_run(
             cfg,
             data,
             scratch,
-            dtype,
-            cuda,
             max_steps=total,
             save_steps=total,
             save_total_limit=1,
             eval_strategy="no",
             logging_steps=total,
         )
-        trainer.add_callback(timer)
-        trainer.remove_callback(ProgressCallback)  # the table is the output
         startup = time.perf_counter() - started
         with PeakMemory() as peak:
             trainer.train()
