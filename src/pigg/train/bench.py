@@ -54,6 +54,7 @@ def speed_settings(effective: int) -> dict[str, list[str]]:
         "default-no-workers": [*default, "train.num_workers=0"],
         "default-micro-batch-1": [*default, "train.batch_size=1", f"train.grad_accum={effective}"],
         "default+checkpointing": [*default, "train.gradient_checkpointing=true"],
+        "default+compile": [*default, "train.torch_compile=true"],
     }
 
 

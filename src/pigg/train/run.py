@@ -186,6 +186,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         eval_strategy="steps" if data.eval else "no",
         eval_steps=(cfg.train.eval_steps or cfg.train.save_steps) if data.eval else None,
         deepspeed=_deepspeed(cfg, cuda),
+        torch_compile=cfg.train.torch_compile,
         logging_steps=cfg.train.logging_steps,
         logging_first_step=True,
         seed=cfg.train.seed,
