@@ -85,3 +85,35 @@ def test_sbatch_script_resumes_forwards_the_signal_and_requeues(tiny_config, tmp
     assert 'pkill -USR1 -P "$PID"' in multi  # torchrun does not forward SIGUSR1 itself
     with pytest.raises(ValueError, match="signal-before"):
         sbatch_script(config, time="4m", signal_before=300)
+
+
+def test_sbatch_script_forwards_slurms_warning_and_requeues(tiny_config, tmp_path):
+    """Run the script with bash as SLURM would, signal the batch shell, and watch pigg save and the job
+    requeue itself (scontrol is a stand-in that records its arguments)."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    config = _write(tiny_config("train.max_steps=200", "train.method=lora"), tmp_path / "c.yaml")
+    script = tmp_path / "job.sh"
+    script.write_text(sbatch_script(config, time="30m", signal_before=60, workdir=tmp_path, venv=None))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text(f'#!/bin/bash\necho "$@" > {tmp_path / "scontrol.args"}\n')
+    (fake / "scontrol").chmod(0o755)
+    env = dict(os.environ, SLURM_JOB_ID="4242", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{fake}:{Path(sys.executable).parent}:{env['PATH']}"
+    job = subprocess.Popen(
+        ["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if line.startswith("step 2/200"):
+            job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@60 does
+    output = "".join(lines)
+    assert job.wait(timeout=120) == 0, output
+    assert "SIGUSR1 from SLURM" in output and "received SIGUSR1" in output
+    assert (tmp_path / "scontrol.args").read_text().split() == ["requeue", "4242"], output
+    assert '"status": "stopped"' in (tmp_path / "run" / "pigg_run.json").read_text()
