@@ -191,3 +191,15 @@ def test_tensorboard_and_log_file_carry_the_training_numbers(tiny_config, tmp_pa
     assert logged == pytest.approx(dict(result.summary["losses"]))
     log = next((tmp_path / "logs").glob("*.log")).read_text()
     assert "step 4/4 | eval_loss " in log and "tokens/s" in log and "grad_norm" in log
+
+
+def test_checkpoints_saved_by_fsdp_or_deepspeed_count_as_complete(tmp_path):
+    from pigg.train.control import is_complete
+
+    for name, weights in (("fsdp", "pytorch_model_fsdp_0"), ("ds", "global_step10"), ("none", None)):
+        folder = tmp_path / name / "checkpoint-10"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}")
+        if weights:
+            (folder / weights).mkdir()
+        assert is_complete(folder) == (weights is not None), name

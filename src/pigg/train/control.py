@@ -33,9 +33,13 @@ def clock(seconds: float) -> str:
 
 
 def is_complete(folder: Path) -> bool:
-    """A checkpoint the Trainer finished: weights and trainer_state.json (its last file) are there."""
+    """A checkpoint the Trainer finished: trainer_state.json (its last file) and the weights, whichever way
+    they were saved (safetensors, an adapter, FSDP shards, a DeepSpeed step folder)."""
     weights = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
-    return (folder / "trainer_state.json").is_file() and any((folder / w).exists() for w in weights)
+    sharded = any(folder.glob("pytorch_model_fsdp*")) or any(folder.glob("global_step*"))
+    return (folder / "trainer_state.json").is_file() and (
+        sharded or any((folder / w).exists() for w in weights)
+    )
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
