@@ -109,3 +109,17 @@ def test_eval_split_by_held_out_fraction(tiny_config):
     assert [s.source for s in data.eval] == [s.source for s in again.eval]  # seeded
     with pytest.raises(ConfigError, match="needs data.test_users or data.eval_fraction"):
         prepare_data(tiny_config("train.eval=true"))
+
+
+def test_length_grouping_uses_validation_lengths(tiny_config, tmp_path):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from pigg.train.run import build_run, prepare_data
+
+    cfg = tiny_config("train.group_by_length=true")
+    data = prepare_data(cfg)
+    _, trainer = build_run(cfg, data, tmp_path / "scratch", torch.float32, False)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert len(sampler.lengths) == len(data.train) and min(sampler.lengths) > 50
+    assert sorted(iter(sampler)) == list(range(len(data.train)))  # every sample once per epoch

@@ -150,6 +150,8 @@ class TrainSection(_Section):
     logging_steps: int = Field(10, gt=0)
     eval: bool = False
     eval_steps: int | None = Field(None, gt=0, description="default: save_steps")
+    # Batches of similar lengths (less padding), shuffled by mega-batches (HF's LengthGroupedSampler).
+    group_by_length: bool = False
     # torch.compile the model (the Trainer's torch_compile); measured in docs/benchmarks.md.
     torch_compile: bool = False
     # DeepSpeed config JSON (e.g. configs/deepspeed/zero2.json); needs CUDA.

@@ -26,6 +26,10 @@ from pigg.config import DataSection, ExperimentConfig, TrainSection, load_config
 from pigg.errors import ConfigError
 from pigg.train.measure import PeakMemory, human_bytes, median, timed_run
 
+# Paths run only when named in --paths: torch.compile recompiles for every new sequence length on CPU
+# and takes minutes.
+OPT_IN = ("default+compile",)
+
 # Dense bf16 peak of the GPUs pigg reports MFU for (no sparsity), FLOP/s.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -54,6 +58,7 @@ def speed_settings(effective: int) -> dict[str, list[str]]:
         "default-no-workers": [*default, "train.num_workers=0"],
         "default-micro-batch-1": [*default, "train.batch_size=1", f"train.grad_accum={effective}"],
         "default+checkpointing": [*default, "train.gradient_checkpointing=true"],
+        "default+length-grouping": [*default, "train.group_by_length=true"],
         "default+compile": [*default, "train.torch_compile=true"],
     }
 
@@ -165,7 +170,7 @@ def bench(
     base = load_config(config, overrides)
     effective = base.train.batch_size * base.train.grad_accum
     available = speed_settings(effective)
-    names = paths or list(available)
+    names = paths or [n for n in available if n not in OPT_IN]
     unknown = [n for n in names if n not in available]
     if unknown or "baseline" not in names:
         raise ConfigError(

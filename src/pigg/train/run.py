@@ -187,6 +187,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         eval_steps=(cfg.train.eval_steps or cfg.train.save_steps) if data.eval else None,
         deepspeed=_deepspeed(cfg, cuda),
         torch_compile=cfg.train.torch_compile,
+        train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
         logging_steps=cfg.train.logging_steps,
         logging_first_step=True,
         seed=cfg.train.seed,
@@ -202,6 +203,11 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         collator = TrainingCollator(
             data.renderer, rope_index_of(model), cfg.data.pack_length or cfg.data.max_length
         )
+    lengths = None
+    if cfg.train.group_by_length:  # token counts as the processor makes them, from image headers
+        from pigg.data.validate import validate
+
+        lengths = [t + i for t, i in validate(data.train, data.renderer, cfg.data.max_length).tokens]
     arguments.update(overrides)
     trainer = build_trainer(
         model,
@@ -213,6 +219,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         tensorboard_dir=Path(arguments["output_dir"]) / "tensorboard" if board else None,
         family=data.family,
         collator=collator,
+        sample_lengths=lengths,
         learning_rates={
             "llm": cfg.train.learning_rate,
             "vision": cfg.train.vision_lr or cfg.train.learning_rate,

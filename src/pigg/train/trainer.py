@@ -39,10 +39,18 @@ class PiggTrainer(Trainer):
     # Padding since the previous log: [real tokens, tokens if padded per batch, tokens computed]
     _padding = (0, 0, 0)
 
-    def __init__(self, *args, family=None, learning_rates: dict[str, float] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        family=None,
+        learning_rates: dict[str, float] | None = None,
+        sample_lengths: list[int] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.family = family
         self.learning_rates = learning_rates
+        self.sample_lengths = sample_lengths
         self.add_callback(_ThroughputClock(self))
 
     # -- one learning rate per part (vision, aligner, llm); no decay on biases and norms -----------
@@ -57,6 +65,15 @@ class PiggTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, target)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    # -- length-grouped batches from the token counts validation measured ---------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "group_by_length" or self.sample_lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return LengthGroupedSampler(size, lengths=self.sample_lengths)
 
     # -- checkpoints: written to RUN/.partial/checkpoint-N, renamed when complete ----------------------
     def _get_output_dir(self, trial) -> str:
@@ -154,6 +171,7 @@ def build_trainer(
     family=None,
     learning_rates: dict[str, float] | None = None,
     collator: TrainingCollator | None = None,
+    sample_lengths: list[int] | None = None,
     **arguments,
 ) -> PiggTrainer:
     """A PiggTrainer over pigg samples; progress is pigg's one-line-per-log ProgressCallback instead of the
@@ -184,6 +202,7 @@ def build_trainer(
         callbacks=[ProgressCallback(samples_per_step), *extra],
         family=family,
         learning_rates=learning_rates,
+        sample_lengths=sample_lengths,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
