@@ -26,7 +26,7 @@ def merge_run(
     and the run's config and summary."""
     import torch
 
-    from pigg.grounding.agent import load_weights, resolve_model
+    from pigg.grounding.agent import base_of, load_weights, resolve_model
     from pigg.models.loading import load_processor, resolve_family
 
     ref = resolve_model(spec, user=user)
@@ -48,16 +48,9 @@ def merge_run(
     for name in ("pigg_config.yaml", "pigg_run.json"):
         if run is not None and (run / name).exists():
             shutil.copy2(run / name, out / name)
-    info = {"base_model": _original_base(ref), "adapters": list(ref.adapters), "dtype": dtype}
+    info = {"base_model": base_of(ref).base, "adapters": list(ref.adapters), "dtype": dtype}
     (out / MERGE_INFO).write_text(json.dumps(info, indent=2))
     return out
-
-
-def _original_base(ref) -> str:
-    run = ref.run_dir
-    if run is not None and (run / "pigg_run.json").exists():
-        return json.loads((run / "pigg_run.json").read_text()).get("base_model", ref.base)
-    return ref.base
 
 
 # ---------------------------------------------------------------- push

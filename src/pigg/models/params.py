@@ -27,7 +27,7 @@ def meta_model(name_or_path: str):
 
 def parameter_report(cfg: ExperimentConfig) -> dict:
     from pigg.models.loading import resolve_family
-    from pigg.models.trainable import apply_plan, count_by_part, modules_to_save, plan_parts
+    from pigg.models.trainable import apply_plan, count_by_part, modules_to_save, part_of, plan_parts
 
     family = resolve_family(cfg.model.name, cfg.model.family)
     model = meta_model(cfg.model.name)
@@ -48,7 +48,7 @@ def parameter_report(cfg: ExperimentConfig) -> dict:
                 "selection": plan.selection,
                 "indices": plan.indices,
                 "of": plan.count or None,
-                "lora_modules": sum(1 for n in lora_modules if _part(n, family) == plan.part),
+                "lora_modules": sum(1 for n in lora_modules if part_of(n, family) == plan.part),
                 "trainable": trainable,
                 "total": total,
             }
@@ -64,12 +64,6 @@ def parameter_report(cfg: ExperimentConfig) -> dict:
         "trainable": trainable,
         "total": total,
     }
-
-
-def _part(name: str, family) -> str:
-    from pigg.models.trainable import part_of
-
-    return part_of(name, family)
 
 
 def markdown(report: dict) -> str:

@@ -32,10 +32,6 @@ def _base_name(name: str) -> str:
     return re.sub(r"\.(?:modules_to_save|original_module)\.[^.]+|\.base_layer", "", name)
 
 
-def is_aligner(name: str, family: Family) -> bool:
-    return any(_under(_base_name(name), prefix) for prefix in family.projector)
-
-
 def part_of(name: str, family: Family) -> str:
     """ "vision", "aligner" or "llm" for a parameter or module name (peft-wrapped or not)."""
     name = _base_name(name)

@@ -183,8 +183,9 @@ def bench(
         raise ConfigError(
             f"the bench needs {needed} samples ((warmup+steps) x {effective}); the data has {len(data.train)}"
         )
-    data.train = data.train[:needed]
-    text_per_sample, image_per_sample = _tokens_per_sample(data, base)
+    data = data.head(needed)
+    text_per_sample = sum(t for t, _ in data.tokens()) / needed
+    image_per_sample = sum(i for _, i in data.tokens()) / needed
     results = {n: PathResult(n, available[n]) for n in names}
     flops_per_sample = None
     for r in range(repeat):
@@ -238,14 +239,6 @@ def bench(
     (out / "bench.md").write_text(markdown(report))
     shutil.rmtree(scratch, ignore_errors=True)
     return path
-
-
-def _tokens_per_sample(data, cfg: ExperimentConfig) -> tuple[float, float]:
-    from pigg.data.validate import validate
-
-    report = validate(data.train, data.renderer, cfg.data.max_length)
-    n = max(len(report.tokens), 1)
-    return sum(t for t, _ in report.tokens) / n, sum(i for _, i in report.tokens) / n
 
 
 def _summarize(result: PathResult, text: float, image: float, flops: float, peak: float | None) -> None:

@@ -155,7 +155,8 @@ def measure(
     step = median(measured)
     total_seconds = startup + run_total * step + saves * save
     limit = cfg.train.time_limit_seconds
-    text_tokens, image_tokens = data.train_tokens or (0, 0)
+    text_tokens = sum(t for t, _ in data.tokens())
+    image_tokens = sum(i for _, i in data.tokens())
     return PlanRow(
         tried=tried,
         samples=len(data.train),

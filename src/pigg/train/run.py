@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pigg.config import ExperimentConfig, parse_users
@@ -39,8 +39,19 @@ class PreparedData:
     renderer: Renderer
     train: list[Sample]
     eval: list[Sample]
-    # (text, image) tokens over the training samples; None when the data was not checked
-    train_tokens: tuple[int, int] | None = None
+    # (text, image) tokens of each training sample, as validation measured them (None: not checked)
+    train_tokens: list[tuple[int, int]] | None = None
+
+    def tokens(self) -> list[tuple[int, int]]:
+        """Per training sample (text, image) tokens; measured now when the data was loaded unchecked."""
+        if self.train_tokens is None:
+            self.train_tokens = validate(self.train, self.renderer, self.renderer.max_length).tokens
+        return self.train_tokens
+
+    def head(self, n: int) -> PreparedData:
+        """The first `n` training samples (and their token counts) only."""
+        tokens = self.train_tokens[:n] if self.train_tokens is not None else None
+        return replace(self, train=self.train[:n], train_tokens=tokens)
 
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True) -> PreparedData:
@@ -51,44 +62,37 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
     processor = load_processor(cfg.model.name, family, cfg.model.min_pixels, cfg.model.max_pixels)
     renderer = Renderer(processor, family, cfg.data.system_turns, cfg.data.max_length)
 
-    token_totals = []
-
-    def checked(users_spec) -> list[Sample]:
+    def checked(users_spec) -> tuple[list[Sample], list[tuple[int, int]] | None]:
         read = read_samples(cfg.data.path, parse_users(users_spec))
         samples = read.samples[: cfg.data.max_samples] if cfg.data.max_samples else read.samples
         if not check:
-            return samples
+            return samples, None
         report = validate(samples, renderer, cfg.data.max_length)
         report.problems[:0] = read.problems
         report.checked += len(read.problems)
-        usable = enforce(report, cfg.data.on_error, run_dir)
-        token_totals.append((sum(t for t, _ in report.tokens), sum(i for _, i in report.tokens)))
-        return usable
+        return enforce(report, cfg.data.on_error, run_dir), report.tokens
 
-    train = checked(cfg.data.train_users)
+    train, tokens = checked(cfg.data.train_users)
     eval_samples: list[Sample] = []
     if cfg.train.eval and cfg.data.eval_fraction:
-        train, eval_samples = hold_out(train, cfg.data.eval_fraction, cfg.train.seed)
+        held = held_out(len(train), cfg.data.eval_fraction, cfg.train.seed)
+        eval_samples = [s for i, s in enumerate(train) if i in held]
+        train = [s for i, s in enumerate(train) if i not in held]
+        tokens = [t for i, t in enumerate(tokens) if i not in held] if tokens is not None else None
     elif cfg.train.eval and cfg.data.test_users is not None:
-        eval_samples = checked(cfg.data.test_users)
+        eval_samples, _ = checked(cfg.data.test_users)
     elif cfg.train.eval:
         raise ConfigError("train.eval=true needs data.test_users or data.eval_fraction to evaluate on")
-    return PreparedData(
-        family, processor, renderer, train, eval_samples, token_totals[0] if token_totals else None
-    )
+    return PreparedData(family, processor, renderer, train, eval_samples, tokens)
 
 
-def hold_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(train, eval): a seeded random `fraction` of the samples (at least one) held out for evaluation."""
+def held_out(count: int, fraction: float, seed: int) -> set[int]:
+    """Indices of a seeded random `fraction` of `count` samples (at least one), held out for evaluation."""
     import random
 
-    order = list(range(len(samples)))
+    order = list(range(count))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, round(fraction * len(samples)))
-    held = set(order[:n_eval])
-    return [s for i, s in enumerate(samples) if i not in held], [
-        s for i, s in enumerate(samples) if i in held
-    ]
+    return set(order[: max(1, round(fraction * count))])
 
 
 def _precision(cfg: ExperimentConfig):
@@ -203,11 +207,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         collator = TrainingCollator(
             data.renderer, rope_index_of(model), cfg.data.pack_length or cfg.data.max_length
         )
-    lengths = None
-    if cfg.train.group_by_length:  # token counts as the processor makes them, from image headers
-        from pigg.data.validate import validate
-
-        lengths = [t + i for t, i in validate(data.train, data.renderer, cfg.data.max_length).tokens]
+    lengths = [t + i for t, i in data.tokens()] if cfg.train.group_by_length else None
     arguments.update(overrides)
     trainer = build_trainer(
         model,
