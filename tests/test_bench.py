@@ -56,3 +56,74 @@ def test_bench_report_has_every_field(tiny_config, tmp_path):
         assert report[key], key
     table = (tmp_path / "b" / "bench.md").read_text()
     assert "| baseline |" in table and "| default |" in table
+
+
+def test_ablations_flip_the_default_as_it_resolves_on_the_machine():
+    from pigg.train.bench import speed_settings
+
+    cpu = speed_settings(8)
+    assert "default+checkpointing" in cpu and "default-liger" not in cpu
+    assert "train.liger_kernel=false" in cpu["baseline"]
+    gpu = speed_settings(8, cuda=True, liger=True)
+    assert gpu["default-checkpointing"][-1] == "train.gradient_checkpointing=false"
+    assert gpu["default-liger"][-1] == "train.liger_kernel=false"
+    # the micro-batch divides the effective batch, so every path trains on the same samples per step
+    shape = speed_settings(12)["default"][:2]
+    assert shape == ["train.batch_size=6", "train.grad_accum=2"]
+
+
+def test_a_failing_run_is_reported_with_its_path(tiny_config, tmp_path):
+    from pigg.train.bench import markdown, run_isolated
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config().model_dump(mode="json")))
+    outcome = run_isolated(str(config), ["train.no_such_key=1"], [], 1, 1, (1.0, 1.0))
+    assert outcome["oom"] is False and "no_such_key" in outcome["error"]
+    assert "Traceback" in outcome["traceback"]
+    report = {
+        "machine": {"platform": "p", "cpu_threads": 1, "gpu": None},
+        "versions": {"torch": "t"},
+        "model": {"name": "m", "llm_layers": 1, "hidden_size": 8, "vision_depth": 1},
+        "data": {"text_tokens_per_sample": 1, "image_tokens_per_sample": 1, "effective_batch": 8},
+        "settings": {"steps": 1, "repeat": 1},
+        "paths": {"default-checkpointing": {"error": "out of memory: CUDA out of memory."}},
+    }
+    assert "| default-checkpointing | out of memory: CUDA out of memory. |" in markdown(report)
+
+
+def test_model_flops_follow_what_each_part_computes(tiny_config, tiny_model):
+    import torch
+
+    from pigg.models.families import QWEN3_VL
+    from pigg.models.loading import load_model
+    from pigg.models.trainable import apply_method
+    from pigg.train.bench import _flops_per_sample
+
+    plain = load_model(str(tiny_model), torch.float32)
+    sizes = {"llm": 0, "vision": 0, "aligner": 0}
+    for name, p in plain.named_parameters():
+        if name.startswith(("model.visual.merger", "model.visual.deepstack_merger_list")):
+            sizes["aligner"] += p.numel()
+        elif name.startswith("model.visual"):
+            sizes["vision"] += p.numel()
+        elif "embed_tokens" not in name:  # a lookup, untied from lm_head: no FLOPs
+            sizes["llm"] += p.numel()
+    text, image = 30.0, 60.0
+
+    def flops(*overrides):
+        cfg = tiny_config(*overrides)
+        model = apply_method(
+            load_model(str(tiny_model), torch.float32), QWEN3_VL, cfg.llm_method, cfg.lora,
+            cfg.vision.method, cfg.aligner, vision_blocks=cfg.vision.blocks, llm_layers=cfg.llm.layers,
+        )  # fmt: skip
+        return _flops_per_sample(model, cfg, text, image)
+
+    # seed 000: LoRA on the LLM, the vision side frozen (forward only)
+    seed000 = 4 * sizes["llm"] * (text + image) + 2 * sizes["vision"] * 4 * image + 2 * sizes["aligner"] * image
+    assert flops("train.method=lora") == seed000
+    # the demo: everything trains fully
+    full = 6 * sizes["llm"] * (text + image) + 6 * sizes["vision"] * 4 * image + 6 * sizes["aligner"] * image
+    assert flops("train.method=full", "vision.method=full", "aligner=full") == full
+    # the last of the tiny model's 2 vision blocks with LoRA: backward reaches half the tower
+    selective = 4 * sizes["llm"] * (text + image) + 3 * sizes["vision"] * 4 * image + 6 * sizes["aligner"] * image
+    assert flops("train.method=lora", "vision.method=lora", "vision.blocks=last:1", "aligner=full") == selective

@@ -39,3 +39,19 @@ def test_habit_samples_point_at_each_users_own_favourite_cell(synth_data):
         if sample.meta.get("kind") == "habit":
             favourite.setdefault(sample.user_id, set()).add(sample.answer())
     assert favourite and all(len(answers) == 1 for answers in favourite.values())
+
+
+def test_screen_size_can_be_fixed_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from pigg.cli import app
+
+    out = tmp_path / "d"
+    result = CliRunner().invoke(
+        app, ["data", "synth", str(out), "--users", "1", "--per-user", "4", "--screen", "1280x800"]
+    )
+    assert result.exit_code == 0, result.output
+    samples = read_samples(out, users=None).samples
+    assert [Image.open(out / s.image_refs()[0]).size for s in samples] == [(1280, 800)] * 4
+    bad = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "e"), "--screen", "1280by800"])
+    assert bad.exit_code != 0 and "1280by800" in str(bad.exception or bad.output)

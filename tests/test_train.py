@@ -3,6 +3,7 @@ folder loads on its own."""
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -123,3 +124,69 @@ def test_length_grouping_uses_validation_lengths(tiny_config, tmp_path):
     assert isinstance(sampler, LengthGroupedSampler)
     assert len(sampler.lengths) == len(data.train) and min(sampler.lengths) > 50
     assert sorted(iter(sampler)) == list(range(len(data.train)))  # every sample once per epoch
+
+
+def test_image_only_processor_pickles_into_a_fresh_process(tiny_model, tmp_path):
+    """Dataloader workers under spawn/forkserver (macOS, Python 3.14) and bench runs get the processor by
+    pickle: the image-only class must be found by name in a process that never built it."""
+    import pickle
+    import subprocess
+    import sys
+
+    from pigg.models.families import QWEN3_VL
+
+    processor = load_processor(str(tiny_model), QWEN3_VL)
+    assert type(processor).__name__.endswith("ImageOnly")  # no torchvision here: the image-only class
+    (tmp_path / "p.pkl").write_bytes(pickle.dumps(processor))
+    code = (
+        "import pickle, sys; p = pickle.loads(open(sys.argv[1], 'rb').read()); "
+        "print(type(p).__name__, p.tokenizer('click ok')['input_ids'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.pkl")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == type(processor).__name__
+    assert str(processor.tokenizer("click ok")["input_ids"]) in out.stdout
+
+
+def test_liger_kernels_only_where_they_run(monkeypatch):
+    import importlib.util
+
+    from pigg.errors import ConfigError
+    from pigg.train.run import liger_enabled
+
+    installed = {"value": True}
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if installed["value"] else None) if name == "liger_kernel" else real(name, *a),
+    )
+    assert liger_enabled("auto", cuda=True) is True
+    assert liger_enabled("auto", cuda=False) is False  # Triton has no CPU backend
+    assert liger_enabled(False, cuda=True) is False
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        liger_enabled(True, cuda=False)
+    installed["value"] = False
+    assert liger_enabled("auto", cuda=True) is False
+    with pytest.raises(ConfigError, match="not installed"):
+        liger_enabled(True, cuda=True)
+
+
+def test_random_weight_copy_keeps_the_architecture_and_processor(tiny_model, tmp_path):
+    from pigg.errors import ConfigError
+    from pigg.models.tiny import build_random
+
+    out = build_random(str(tiny_model), tmp_path / "random", dtype="bfloat16", seed=1)
+    original = load_model(str(tiny_model), torch.float32).state_dict()
+    copy = load_model(str(out), None)
+    weights = copy.state_dict()
+    assert weights.keys() == original.keys()
+    assert all(weights[k].shape == original[k].shape for k in original)
+    assert next(copy.parameters()).dtype == torch.bfloat16
+    linear = "model.language_model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(weights[linear].float(), original[linear])  # new random values
+    assert load_processor(str(out), QWEN3_VL).tokenizer("click ok")["input_ids"] == (
+        load_processor(str(tiny_model), QWEN3_VL).tokenizer("click ok")["input_ids"]
+    )
+    with pytest.raises(ConfigError, match="not empty"):
+        build_random(str(tiny_model), out)

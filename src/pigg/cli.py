@@ -249,13 +249,24 @@ def data_synth(
     layout: Annotated[
         str, typer.Option(help="random: buttons anywhere; fixed: each label on its own cell")
     ] = "random",
+    screen: Annotated[
+        list[str] | None, typer.Option(help="screenshot size WxH, e.g. 1280x800 (repeatable; default: mixed)")
+    ] = None,
 ):
     """Generate synthetic GUI screenshots with instructions, answers and per-user habits."""
+    import re
+
     from pigg.data.synthetic import synthesize
 
     if layout not in ("random", "fixed"):
         raise PiggError(f"--layout {layout!r}: use 'random' or 'fixed'")
-    path = synthesize(out, users, per_user, habit_fraction, seed, layout)
+    sizes = []
+    for text in screen or []:
+        match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+        if not match or min(int(match[1]), int(match[2])) < 64:
+            raise PiggError(f"--screen {text!r}: write width x height in pixels, e.g. 1280x800 (64 or more)")
+        sizes.append((int(match[1]), int(match[2])))
+    path = synthesize(out, users, per_user, habit_fraction, seed, layout, sizes or None)
     print(f"wrote {users} users x {per_user} samples to {path}")
 
 
@@ -269,6 +280,22 @@ def model_tiny(
     from pigg.models.tiny import build_tiny
 
     print(f"wrote tiny {family} model to {build_tiny(family, out, seed)}")
+
+
+@model_app.command("random")
+def model_random(
+    source: Annotated[str, typer.Argument(help="a folder or hub id with config.json and the processor")],
+    out: Annotated[Path, typer.Argument(help="new folder for the Hugging Face model")],
+    dtype: Annotated[str, typer.Option(help="bfloat16, float16 or float32")] = "bfloat16",
+    device: Annotated[str, typer.Option(help="where to initialise the weights (cuda is fastest)")] = "cpu",
+    seed: int = 0,
+):
+    """Build a full-size model with random weights from a config (no weights needed), for benchmarks."""
+    from pigg.models.tiny import build_random
+
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise PiggError(f"--dtype {dtype!r}: use bfloat16, float16 or float32")
+    print(f"wrote a random-weight copy of {source} to {build_random(source, out, dtype, device, seed)}")
 
 
 ModelOpt = Annotated[

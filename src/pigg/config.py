@@ -109,6 +109,10 @@ class DataSection(_Section):
         return self
 
     max_samples: int | None = Field(None, gt=0)
+    # A folder where each screenshot is kept decoded and resized to the processor's pixel budget (one
+    # uncompressed .npy per image and setting), filled on first use: later epochs and runs skip the PNG
+    # decode and the resize. Exactly the same pixel values; costs width x height x 3 bytes per screenshot.
+    image_cache: str | None = None
 
     @field_validator("train_users", "test_users")
     @classmethod
@@ -154,6 +158,10 @@ class TrainSection(_Section):
     group_by_length: bool = False
     # torch.compile the model (the Trainer's torch_compile); measured in docs/benchmarks.md.
     torch_compile: bool = False
+    # Liger's Triton kernels (fused linear cross-entropy, which never materialises the 152k-vocabulary
+    # logits, RMSNorm, RoPE) through the Trainer's use_liger_kernel. auto: on with CUDA when liger-kernel
+    # is installed; Triton has no CPU backend.
+    liger_kernel: Literal["auto"] | bool = "auto"
     # DeepSpeed config JSON (e.g. configs/deepspeed/zero2.json); needs CUDA.
     deepspeed: str | None = None
     seed: int = 42

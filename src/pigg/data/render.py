@@ -102,12 +102,21 @@ def render_text(processor, messages: list[dict[str, Any]], add_generation_prompt
 class Renderer:
     """Turns samples into model inputs for one processor and family."""
 
-    def __init__(self, processor, family: Family, system_turns: str = "auto", max_length: int | None = None):
+    def __init__(
+        self,
+        processor,
+        family: Family,
+        system_turns: str = "auto",
+        max_length: int | None = None,
+        image_cache=None,
+    ):
         self.processor = processor
         self.family = family
         self.system_turns = system_turns
         self.max_length = max_length
         self.markers = Markers.of(processor.tokenizer, family)
+        # an ImageCache (data.image_cache): screenshots decoded and resized once, not every epoch
+        self.load_image = image_cache.load if image_cache is not None else load_image
 
     def messages(self, sample: Sample) -> list[dict[str, Any]]:
         return chat_messages(sample, self.family, self.system_turns, self.processor.image_processor)
@@ -115,7 +124,7 @@ class Renderer:
     def encode(self, sample: Sample) -> dict[str, torch.Tensor]:
         """One sample → 1-D input_ids and labels, plus its images' pixel_values and grid sizes."""
         try:
-            images = [load_image(ref, sample.base_dir) for ref in sample.image_refs()]
+            images = [self.load_image(ref, sample.base_dir) for ref in sample.image_refs()]
         except DataError as exc:
             raise DataError(f"{sample.source}: {exc}") from None
         text = render_text(self.processor, self.messages(sample))

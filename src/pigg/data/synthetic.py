@@ -150,9 +150,15 @@ HOME_CELLS = dict(zip(LABELS, GRID, strict=False))
 
 
 def _sample_record(
-    user: UserHabits, rng: random.Random, image_path: str, folder: Path, habit: bool, layout: str
+    user: UserHabits,
+    rng: random.Random,
+    image_path: str,
+    folder: Path,
+    habit: bool,
+    layout: str,
+    sizes: list[tuple[int, int]],
 ) -> dict:
-    size = rng.choice(SCREEN_SIZES)
+    size = rng.choice(sizes)
     if habit:
         others = rng.sample([c for c in GRID if c != user.favourite_cell], 2)
         labels = rng.sample([a for a in APPS if a != user.favourite], 2)
@@ -195,11 +201,13 @@ def synthesize(
     habit_fraction: float = 0.3,
     seed: int = 0,
     layout: Literal["random", "fixed"] = "random",
+    sizes: list[tuple[int, int]] | None = None,
 ) -> Path:
     """Write `users` user_<id>.pkl files (ids 1..users) of `per_user` samples each, images under images/.
 
     layout "random" puts a generic sample's button on any cell (the model must look); "fixed" puts each
-    label on its home cell (the instruction alone says where: a quick task for tests).
+    label on its home cell (the instruction alone says where: a quick task for tests). `sizes`: the
+    screenshot sizes to draw from (default: desktop, laptop, QHD and phone screens).
     """
     out = Path(out)
     rng = random.Random(seed)
@@ -210,7 +218,7 @@ def synthesize(
         for index in range(per_user):
             habit = rng.random() < habit_fraction
             path = f"images/user_{user.user_id:03d}/{index:05d}.png"
-            records.append(_sample_record(user, rng, path, out, habit, layout))
+            records.append(_sample_record(user, rng, path, out, habit, layout, sizes or SCREEN_SIZES))
         with (out / f"user_{user.user_id}.pkl").open("wb") as handle:
             pickle.dump(records, handle, protocol=4)
     (out / "habits.txt").write_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from pigg.models.families import Family, family_for_model_type, get_family
 PROCESSOR_CLASSES = {"qwen3_vl": "Qwen3VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
 
 
+@functools.cache
 def _image_only(base: type) -> type:
     """A processor of `base` without its video processor.
 
@@ -44,6 +46,15 @@ def _image_only(base: type) -> type:
 
     ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = f"{base.__name__}ImageOnly"
     return ImageOnlyProcessor
+
+
+def __getattr__(name: str) -> type:
+    """The image-only processor classes by name, so that pickle finds them in a fresh process (dataloader
+    workers under the spawn and forkserver start methods, `pigg bench`'s runs)."""
+    for proc in PROCESSOR_CLASSES.values():
+        if name == f"{proc}ImageOnly":
+            return _image_only(getattr(transformers, proc))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def looks_local(name_or_path: str) -> bool:

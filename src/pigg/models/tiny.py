@@ -1,5 +1,9 @@
-"""Embedded tiny models: random weights in a shrunken copy of a real architecture, with a small tokenizer
-and a chat template pigg builds itself, saved as an ordinary Hugging Face folder.
+"""Random-weight models saved as ordinary Hugging Face folders.
+
+- Tiny models (`build_tiny`): a shrunken copy of a real architecture, with a small tokenizer and a chat
+  template pigg builds itself; tests and the demo train them on CPU.
+- Full-size stand-ins (`build_random`): a real config (the 8B's, from a folder without weights) with random
+  weights, for measuring speed and memory on a GPU without downloading the weights.
 
 They load through exactly the same `from_pretrained` path as Qwen/Qwen3-VL-8B-Instruct, so tests and the
 demo exercise the real code. The tokenizer is small (about 1k tokens) because with the real 152k
@@ -192,4 +196,34 @@ def build_tiny(family: str, out: str | Path, seed: int = 0, max_pixels: int = 25
         image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
     processor.save_pretrained(out)
+    return out
+
+
+def build_random(
+    source: str | Path, out: str | Path, dtype: str = "bfloat16", device: str = "cpu", seed: int = 0
+) -> Path:
+    """Write the architecture of `source` (a folder or hub id with config.json and a processor, weights
+    not needed) with random weights to `out`, with `source`'s processor; return the folder.
+
+    Speed and memory do not depend on the weights' values, so benchmarks run on these; their answers are
+    noise. Weights are initialised on `device` ("cuda" makes an 8B model in seconds)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from pigg.errors import ConfigError
+    from pigg.models.loading import load_processor, resolve_family
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty; give an empty or new folder")
+    config = AutoConfig.from_pretrained(source)
+    processor = load_processor(str(source), resolve_family(str(source)))
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "README.md").write_text(
+        f"Random weights in the architecture of {source} (pigg model random): for speed and memory "
+        "measurements only; its answers are noise.\n"
+    )
     return out

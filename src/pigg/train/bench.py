@@ -9,12 +9,13 @@ A path is a set of config overrides on top of the benchmarked config:
 
 Each run trains `warmup + steps` optimizer steps from the same initial weights on the same samples in the
 same order (the Trainer's seeded sampler), times the last `steps`, and records the losses; the same
-samples per optimizer step make the losses after the same number of samples comparable.
+samples per optimizer step make the losses after the same number of samples comparable. Every run has a
+process of its own, so no path inherits another's patched modules, compile caches or allocator state;
+a path that runs out of GPU memory is reported as such and the others go on.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import platform
 import shutil
@@ -23,44 +24,59 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pigg.config import DataSection, ExperimentConfig, TrainSection, load_config
-from pigg.errors import ConfigError
+from pigg.errors import ConfigError, PiggError
 from pigg.train.measure import PeakMemory, human_bytes, median, timed_run
 
 # Paths run only when named in --paths: torch.compile recompiles for every new sequence length on CPU
 # and takes minutes.
 OPT_IN = ("default+compile",)
 
+OOM = "out of memory"
+
 # Dense bf16 peak of the GPUs pigg reports MFU for (no sparsity), FLOP/s.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def speed_settings(effective: int) -> dict[str, list[str]]:
-    """The benchmarked paths as overrides, at one effective batch."""
+def speed_settings(
+    effective: int, cuda: bool = False, liger: bool = False, image_cache: str = "image_cache"
+) -> dict[str, list[str]]:
+    """The benchmarked paths as overrides, at one effective batch. Each ablation flips one of the default's
+    choices as it resolves on this machine: checkpointing is on with CUDA and off on CPU, and Liger's
+    kernels are only offered where they can run (`liger`: CUDA and liger-kernel installed).
+    `image_cache`: the folder of the image-cache path, filled before it is timed."""
     defaults = TrainSection()
-    micro = min(effective, defaults.batch_size)
+    # the largest micro-batch up to the default that divides the effective batch, so both stay equal
+    micro = max(d for d in range(1, min(effective, defaults.batch_size) + 1) if effective % d == 0)
     default = [
         f"train.batch_size={micro}",
-        f"train.grad_accum={max(1, effective // micro)}",
+        f"train.grad_accum={effective // micro}",
         f"train.gradient_checkpointing={defaults.gradient_checkpointing}",
         f"data.packing={DataSection.model_fields['packing'].default}",
         f"train.num_workers={defaults.num_workers}",
+        f"train.liger_kernel={defaults.liger_kernel}",
     ]
-    return {
+    checkpointing = "default-checkpointing" if cuda else "default+checkpointing"
+    paths = {
         "baseline": [
             "train.batch_size=1",
             f"train.grad_accum={effective}",
             "train.gradient_checkpointing=true",
             "data.packing=false",
             "train.num_workers=0",
+            "train.liger_kernel=false",
         ],
         "default": default,
         "default+packing": [*default, "data.packing=true"],
         "default-no-workers": [*default, "train.num_workers=0"],
         "default-micro-batch-1": [*default, "train.batch_size=1", f"train.grad_accum={effective}"],
-        "default+checkpointing": [*default, "train.gradient_checkpointing=true"],
+        checkpointing: [*default, f"train.gradient_checkpointing={str(not cuda).lower()}"],
         "default+length-grouping": [*default, "train.group_by_length=true"],
+        "default+image-cache": [*default, f"data.image_cache={image_cache}"],
         "default+compile": [*default, "train.torch_compile=true"],
     }
+    if liger:
+        paths["default-liger"] = [*default, "train.liger_kernel=false"]
+    return paths
 
 
 @dataclass
@@ -77,6 +93,8 @@ class PathResult:
     name: str
     overrides: list[str]
     runs: list[PathRun] = field(default_factory=list)
+    # why the path has no figures: "out of memory: ..." (a result: it does not fit), or a failure
+    error: str | None = None
     # filled by summarize()
     samples_per_second: float = 0.0
     text_tokens_per_second: float = 0.0
@@ -93,18 +111,38 @@ class PathResult:
 
 
 def _flops_per_sample(model, cfg: ExperimentConfig, text: float, image: float) -> float:
-    """Model FLOPs per sample: 6N per LLM token when the LLM trains fully, 4N with LoRA on a frozen base
-    (forward, and backward through activations only); the vision tower's forward (2N per patch, 4 patches
-    per image token after the 2x2 merge), times 3 when it trains."""
+    """Model FLOPs per sample from the architecture, 2 per weight per token for each matrix product:
+    - LLM, every token: forward 2N; backward through activations 2N (always: something below the top
+      trains); weight gradients 2N when it trains fully: 6N full, 4N LoRA or frozen. N leaves out the
+      input embedding, a lookup, unless it is tied to the output layer.
+    - vision blocks, 4 patches per image token (the 2x2 merge): forward 2N; backward through activations
+      2N for the blocks from the first trained one up, weight gradients 2N for fully trained blocks.
+    - aligner, per image token: forward 2N; trained: +2N (LoRA) or +4N (full).
+    LoRA's own small matrices and attention's sequence-length term are not counted."""
     from pigg.models.loading import resolve_family
-    from pigg.models.trainable import count_by_part
+    from pigg.models.trainable import count_by_part, plan_parts
 
-    counts = count_by_part(model, resolve_family(cfg.model.name, cfg.model.family))
-    llm = counts["llm"][1]
-    vision = counts["vision"][1] + counts["aligner"][1]
-    per_llm_token = 6 * llm if cfg.llm_method == "full" else 4 * llm
-    vision_factor = 3 if cfg.vision.method != "frozen" else 1
-    return per_llm_token * (text + image) + vision_factor * 2 * vision * image * 4
+    family = resolve_family(cfg.model.name, cfg.model.family)
+    counts = count_by_part(model, family)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedding, output = base.get_input_embeddings(), base.get_output_embeddings()
+    tied = output is not None and output.weight is embedding.weight
+    llm = counts["llm"][1] - (0 if tied else embedding.weight.numel())
+    llm_flops = (6 if cfg.llm_method == "full" else 4) * llm * (text + image)
+
+    plans = plan_parts(
+        base, family, cfg.llm_method, cfg.vision.method, cfg.aligner, cfg.vision.blocks, cfg.llm.layers
+    )
+    vision = next(p for p in plans if p.part == "vision")
+    if vision.method == "frozen":
+        reached = trained = 0.0
+    else:
+        chosen = vision.indices or list(range(vision.count))
+        reached = (vision.count - chosen[0]) / vision.count  # backward runs from the top to the first one
+        trained = len(chosen) / vision.count if vision.method == "full" else 0.0
+    vision_flops = 2 * counts["vision"][1] * (1 + reached + trained) * 4 * image
+    aligner_factor = {"frozen": 2, "lora": 4, "full": 6}[cfg.aligner]
+    return llm_flops + vision_flops + aligner_factor * counts["aligner"][1] * image
 
 
 def run_path(cfg: ExperimentConfig, data, warmup: int, steps: int) -> tuple[PathRun, object]:
@@ -141,6 +179,63 @@ def run_path(cfg: ExperimentConfig, data, warmup: int, steps: int) -> tuple[Path
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _child(queue, config, overrides, samples, warmup, steps, tokens, threads, start_method) -> None:
+    """One path's run in a fresh process; puts {"run", "flops_per_sample"} or {"error", "oom"} on `queue`."""
+    import multiprocessing
+    import traceback
+
+    import torch
+
+    from pigg.train.run import PreparedData, load_renderer
+
+    # as `pigg train` runs here: the parent's thread count, and dataloader workers started the same way
+    # (a spawned process would otherwise spawn its workers too)
+    torch.set_num_threads(threads)
+    multiprocessing.set_start_method(start_method, force=True)
+    try:
+        cfg = load_config(config, overrides)
+        data = PreparedData(*load_renderer(cfg), train=samples, eval=[])
+        run, model = run_path(cfg, data, warmup, steps)
+        queue.put({"run": asdict(run), "flops_per_sample": _flops_per_sample(model, cfg, *tokens)})
+    except torch.OutOfMemoryError as exc:
+        queue.put({"error": f"{OOM}: {str(exc).splitlines()[0]}", "oom": True})
+    except Exception as exc:  # reported with the path; the other paths still run
+        queue.put(
+            {"error": f"{type(exc).__name__}: {exc}", "oom": False, "traceback": traceback.format_exc()}
+        )
+
+
+def run_isolated(config, overrides: list[str], samples, warmup: int, steps: int, tokens) -> dict:
+    """Run one path in a fresh process, so that nothing one path leaves behind reaches the next: Liger's
+    kernels patch transformers' modules for the whole process, torch.compile keeps its caches, and an
+    out-of-memory run leaves the allocator fragmented."""
+    import multiprocessing
+    import queue as queues
+
+    import torch
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(
+        target=_child,
+        args=(
+            *(results, config, overrides, samples, warmup, steps, tokens),
+            *(torch.get_num_threads(), multiprocessing.get_start_method()),
+        ),
+    )
+    process.start()
+    while True:
+        try:
+            outcome = results.get(timeout=2)
+            break
+        except queues.Empty:
+            if not process.is_alive() and results.empty():
+                outcome = {"error": f"the run's process died (exit code {process.exitcode})", "oom": False}
+                break
+    process.join()
+    return outcome
+
+
 def _gpu_peak() -> tuple[str | None, float | None]:
     import torch
 
@@ -163,53 +258,91 @@ def bench(
 ) -> Path:
     """Run the paths interleaved `repeat` times; write OUT/bench.json and OUT/bench.md, return the JSON."""
     import torch
-    import transformers
 
-    from pigg.train.run import prepare_data
+    from pigg.train.run import liger_enabled, load_renderer, prepare_data
 
     base = load_config(config, overrides)
     effective = base.train.batch_size * base.train.grad_accum
-    available = speed_settings(effective)
-    names = paths or [n for n in available if n not in OPT_IN]
-    unknown = [n for n in names if n not in available]
-    if unknown or "baseline" not in names:
-        raise ConfigError(
-            f"--paths: {', '.join(unknown) or 'baseline missing'}; known: {', '.join(available)}"
-        )
-    needed = (warmup + steps) * effective
-    scratch = Path(tempfile.mkdtemp(prefix="pigg_bench_data_"))
-    data = prepare_data(base, scratch)
-    if len(data.train) < needed:
-        raise ConfigError(
-            f"the bench needs {needed} samples ((warmup+steps) x {effective}); the data has {len(data.train)}"
-        )
-    data = data.head(needed)
-    text_per_sample = sum(t for t, _ in data.tokens()) / needed
-    image_per_sample = sum(i for _, i in data.tokens()) / needed
-    results = {n: PathResult(n, available[n]) for n in names}
-    flops_per_sample = None
-    for r in range(repeat):
-        for name in names:
-            cfg = load_config(config, [*(overrides or []), *available[name], "train.max_steps=-1"])
-            progress(f"[repeat {r + 1}/{repeat}] {name}: {warmup} warm-up + {steps} timed steps")
-            run, model = run_path(cfg, data, warmup, steps)
-            results[name].runs.append(run)
-            if flops_per_sample is None:  # the same architecture and parts train on every path
-                flops_per_sample = _flops_per_sample(model, cfg, text_per_sample, image_per_sample)
-            del model
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory(prefix="pigg_bench_") as tmp:
+        scratch = Path(tmp)
+        available = speed_settings(effective, cuda, liger_enabled("auto", cuda), str(scratch / "image_cache"))
+        names = paths or [n for n in available if n not in OPT_IN]
+        unknown = [n for n in names if n not in available]
+        if unknown or "baseline" not in names:
+            raise ConfigError(
+                f"--paths: {', '.join(unknown) or 'baseline missing'}; known here: {', '.join(available)}"
+            )
+        needed = (warmup + steps) * effective
+        data = prepare_data(base, scratch)
+        if len(data.train) < needed:
+            raise ConfigError(
+                f"the bench needs {needed} samples ((warmup+steps) x {effective}); the data has {len(data.train)}"
+            )
+        data = data.head(needed)
+        text_per_sample = sum(t for t, _ in data.tokens()) / needed
+        image_per_sample = sum(i for _, i in data.tokens()) / needed
+        results = {n: PathResult(n, available[n]) for n in names}
+        if "default+image-cache" in names:  # timed as every epoch after the first sees it: filled
+            renderer = load_renderer(
+                load_config(config, [*(overrides or []), *available["default+image-cache"]])
+            )[2]
+            for sample in data.train:
+                for ref in sample.image_refs():
+                    renderer.load_image(ref, sample.base_dir)
+        flops_per_sample = None
+        for r in range(repeat):
+            for name in names:
+                result = results[name]
+                if result.error is not None:
+                    continue  # a path that failed once (out of memory) fails again
+                progress(f"[repeat {r + 1}/{repeat}] {name}: {warmup} warm-up + {steps} timed steps")
+                outcome = run_isolated(
+                    str(config),
+                    [*(overrides or []), *available[name], "train.max_steps=-1"],
+                    data.train,
+                    warmup,
+                    steps,
+                    (text_per_sample, image_per_sample),
+                )
+                if "error" in outcome:
+                    result.error = outcome["error"]
+                    progress(
+                        f"  {name}: {result.error}"
+                        + ("" if outcome["oom"] else "\n" + outcome.get("traceback", ""))
+                    )
+                    continue
+                result.runs.append(PathRun(**outcome["run"]))
+                flops_per_sample = flops_per_sample or outcome["flops_per_sample"]
+        report = _report(base, results, needed, (text_per_sample, image_per_sample), flops_per_sample)
+        report["settings"] = {"steps": steps, "warmup": warmup, "repeat": repeat, "config": str(config)}
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "bench.json"
+        path.write_text(json.dumps(report, indent=2))
+        (out / "bench.md").write_text(markdown(report))
+    failed = [f"{r.name}: {r.error}" for r in results.values() if r.error and not r.error.startswith(OOM)]
+    if failed:
+        raise PiggError(f"the report is in {path}, but some paths failed:\n  " + "\n  ".join(failed))
+    return path
+
+
+def _report(base: ExperimentConfig, results: dict, samples: int, tokens, flops_per_sample) -> dict:
+    """Every path's figures, its ratio to the baseline, and what was measured on what."""
+    import peft
+    import torch
+    import transformers
+
+    text, image = tokens
     gpu, peak_flops = _gpu_peak()
     for result in results.values():
-        _summarize(result, text_per_sample, image_per_sample, flops_per_sample, peak_flops)
-    baseline = results["baseline"].samples_per_second
+        if result.error is None:
+            _summarize(result, text, image, flops_per_sample, peak_flops)
+    baseline = results["baseline"]
     for result in results.values():
-        result.ratio_to_baseline = round(result.samples_per_second / baseline, 3)
-
-    import peft
-
-    report = {
+        if result.error is None and baseline.error is None:
+            result.ratio_to_baseline = round(result.samples_per_second / baseline.samples_per_second, 3)
+    return {
         "machine": {
             "platform": platform.platform(),
             "cpu_threads": torch.get_num_threads(),
@@ -223,22 +356,14 @@ def bench(
         },
         "model": _model_shape(base),
         "data": {
-            "samples": needed,
-            "text_tokens_per_sample": round(text_per_sample, 1),
-            "image_tokens_per_sample": round(image_per_sample, 1),
-            "effective_batch": effective,
+            "samples": samples,
+            "text_tokens_per_sample": round(text, 1),
+            "image_tokens_per_sample": round(image, 1),
+            "effective_batch": base.train.batch_size * base.train.grad_accum,
         },
-        "settings": {"steps": steps, "warmup": warmup, "repeat": repeat, "config": str(config)},
         "flops_per_sample": flops_per_sample,
         "paths": {name: _public(result) for name, result in results.items()},
     }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "bench.json"
-    path.write_text(json.dumps(report, indent=2))
-    (out / "bench.md").write_text(markdown(report))
-    shutil.rmtree(scratch, ignore_errors=True)
-    return path
 
 
 def _summarize(result: PathResult, text: float, image: float, flops: float, peak: float | None) -> None:
@@ -298,9 +423,13 @@ def markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, p in report["paths"].items():
+        if p["error"] is not None:
+            lines.append(f"| {name} | {p['error']} |" + " - |" * 9)
+            continue
+        ratio = f"{p['ratio_to_baseline']:.2f}" if p["ratio_to_baseline"] is not None else "-"
         mfu = f"{100 * p['mfu']:.1f}%" if p["mfu"] is not None else "-"
         lines.append(
-            f"| {name} | {p['samples_per_second']:.2f} | {p['ratio_to_baseline']:.2f} | "
+            f"| {name} | {p['samples_per_second']:.2f} | {ratio} | "
             f"{p['text_tokens_per_second']:.0f} | {p['image_tokens_per_second']:.0f} | "
             f"{p['step_median']:.3f} ({p['step_min']:.3f}-{p['step_max']:.3f}) | {human_bytes(p['peak_memory'])} | "
             f"{mfu} | {p['loss_last_step']:.4f} | {p['loss_mean']:.4f} |"

@@ -54,13 +54,24 @@ class PreparedData:
         return replace(self, train=self.train[:n], train_tokens=tokens)
 
 
+def load_renderer(cfg: ExperimentConfig) -> tuple[Family, object, Renderer]:
+    """The model's family, its processor as the config sets it up, and the Renderer built on them."""
+    family = resolve_family(cfg.model.name, cfg.model.family)
+    processor = load_processor(cfg.model.name, family, cfg.model.min_pixels, cfg.model.max_pixels)
+    cache = None
+    if cfg.data.image_cache is not None:
+        from pigg.data.image_cache import ImageCache
+
+        cache = ImageCache(cfg.data.image_cache, processor.image_processor)
+    renderer = Renderer(processor, family, cfg.data.system_turns, cfg.data.max_length, cache)
+    return family, processor, renderer
+
+
 def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True) -> PreparedData:
     """Processor and checked samples, without loading any weights. Skipped samples are listed in run_dir
     (default: the run's output folder)."""
     run_dir = Path(cfg.train.output_dir) if run_dir is None else run_dir
-    family = resolve_family(cfg.model.name, cfg.model.family)
-    processor = load_processor(cfg.model.name, family, cfg.model.min_pixels, cfg.model.max_pixels)
-    renderer = Renderer(processor, family, cfg.data.system_turns, cfg.data.max_length)
+    family, processor, renderer = load_renderer(cfg)
 
     def checked(users_spec) -> tuple[list[Sample], list[tuple[int, int]] | None]:
         read = read_samples(cfg.data.path, parse_users(users_spec))
@@ -141,6 +152,26 @@ def _deepspeed(cfg: ExperimentConfig, cuda: bool) -> str | None:
     return cfg.train.deepspeed
 
 
+def liger_enabled(setting: str | bool, cuda: bool) -> bool:
+    """Whether to apply Liger's kernels: `auto` uses them where they can run (CUDA, package installed);
+    asking for them where they cannot is an error rather than a silent fallback."""
+    import importlib.util
+
+    if setting is False:
+        return False
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if setting == "auto":
+        return cuda and installed
+    if not cuda:
+        raise ConfigError(
+            "train.liger_kernel=true needs a CUDA GPU (Liger's kernels are written in Triton, which has no "
+            "CPU backend); use train.liger_kernel=auto"
+        )
+    if not installed:
+        raise ConfigError("train.liger_kernel=true: liger-kernel is not installed (pip install liger-kernel)")
+    return True
+
+
 def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, cuda: bool, **overrides):
     """The model as the config trains it, and the PiggTrainer that trains it; `overrides` replace
     TrainingArguments (`pigg plan` runs a few steps into a scratch folder this way)."""
@@ -191,6 +222,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         eval_steps=(cfg.train.eval_steps or cfg.train.save_steps) if data.eval else None,
         deepspeed=_deepspeed(cfg, cuda),
         torch_compile=cfg.train.torch_compile,
+        use_liger_kernel=liger_enabled(cfg.train.liger_kernel, cuda),
         train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
         logging_steps=cfg.train.logging_steps,
         logging_first_step=True,
@@ -274,8 +306,12 @@ def train(
             print(f"resuming from {checkpoint}")
         cuda, dtype = _precision(cfg)
         _deepspeed(cfg, cuda)  # a CPU-only machine hears it now, before any weights load
+        liger = liger_enabled(cfg.train.liger_kernel, cuda)
         if cuda:
-            print(f"GPUs: {torch.cuda.device_count()} ({torch.cuda.get_device_name(0)}), dtype {dtype}")
+            print(
+                f"GPUs: {torch.cuda.device_count()} ({torch.cuda.get_device_name(0)}), dtype {dtype}, "
+                f"Liger kernels {'on' if liger else 'off'}"
+            )
         else:
             print(f"No GPU found: training on CPU in {str(dtype).removeprefix('torch.')}")
         set_seed(cfg.train.seed)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run here, on the machine without a GPU, in the repository, before a device call (docs/benchmarks.md).
+# Puts what benchmarks/gpu/run.sh needs and the GPU image lacks into two git-ignored folders that the
+# device call carries:
+#   .whl/  wheels: pydantic and typer (missing there), liger-kernel, and pigg's tested transformers and
+#          peft versions (the image has other ones)
+#   .gpu/  the Qwen3-VL-8B config and processor from ../shared/assets (no weights; ../shared does not
+#          travel with the working tree)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for folder in /.whl/ /.gpu/; do
+    grep -qx "$folder" .git/info/exclude 2>/dev/null || echo "$folder" >>.git/info/exclude
+done
+python=${PYTHON:-.venv/bin/python}
+pinned() { grep -iE "^($1)==" requirements.txt; }
+wheels=(
+    $(pinned 'pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions')
+    $(pinned 'typer|click|annotated-doc|rich|transformers|tokenizers|peft')
+    liger-kernel==0.8.5
+)
+rm -rf .whl && mkdir .whl
+"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "${wheels[@]}"
+assets=${ASSETS:-../shared/assets}
+rm -rf .gpu && mkdir .gpu
+cp -r "$assets/qwen3-vl-8b-instruct" .gpu/
+rm -f .gpu/qwen3-vl-8b-instruct/model.safetensors.index.json  # names weight files that are not there
+du -sh .whl .gpu

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Run on the GPU machine through the device tool, with carry [".whl", ".gpu"] (see prepare.sh):
+#   bash benchmarks/gpu/run.sh lora        seed 000's LoRA: baseline, default and the GPU ablations
+#   bash benchmarks/gpu/run.sh selective   seed 002's selection, then eval throughput batched vs 1 at a time
+# Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
+# from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
+# SOURCE, DEVICE, PYTHON and the *_PATHS variables override the defaults (a dry run on CPU uses them).
+set -euo pipefail
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/pigg_gpu_out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/log.txt") 2>&1
+python=${PYTHON:-python3}
+if [ -d .whl ]; then
+    $python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD/src
+else
+    export PYTHONPATH=$PWD/src
+fi
+pigg() { $python -m pigg.cli "$@"; }
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
+    $python -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
+    $python -c "import importlib.metadata as m; print('liger-kernel', m.version('liger-kernel'))" 2>/dev/null || echo "no liger-kernel"
+} | tee "$OUT/machine.txt"
+
+source_model=${SOURCE:-.gpu/qwen3-vl-8b-instruct}
+model=/tmp/pigg_gpu/$(basename "$source_model")-random data=/tmp/pigg_gpu/gui-1280x800
+[ -d "$model" ] || pigg model random "$source_model" "$model" --device "${DEVICE:-cuda}"
+[ -d "$data" ] || pigg data synth "$data" --users 4 --per-user 40 --screen 1280x800
+on_data=(model.name=$model data.path=$data data.train_users=all data.test_users=null train.eval=false)
+steps=(--warmup "${WARMUP:-2}" --steps "${STEPS:-5}" --repeat "${REPEAT:-2}")
+
+case "${1:-lora}" in
+lora)
+    pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/lora" \
+        --paths "${LORA_PATHS:-baseline,default,default-checkpointing,default-liger,default+packing}"
+    ;;
+selective)
+    pigg bench configs/seed002_last6_lora.yaml "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
+        --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default-liger}"
+    for batch in 1 16; do
+        pigg eval --model "$model" --data "$data" --users 1 --max-samples "${EVAL_SAMPLES:-32}" \
+            --max-new-tokens 16 --batch-size $batch --out /tmp/pigg_gpu/eval_batch$batch
+    done
+    $python - "$OUT/eval_throughput.json" <<'PY'
+import json, sys
+speed = {}
+for batch in (1, 16):
+    report = json.load(open(f"/tmp/pigg_gpu/eval_batch{batch}/eval.json"))
+    speed[batch] = next(iter(report["models"].values()))["screens_per_second"]
+result = {"screens_per_second": speed, "ratio": speed[16] / speed[1], "max_new_tokens": 16}
+json.dump(result, open(sys.argv[1], "w"), indent=2)
+print(f"eval screens/s: one at a time {speed[1]:.2f}, batch 16 {speed[16]:.2f}, ratio {result['ratio']:.2f}x")
+PY
+    ;;
+*)
+    echo "usage: run.sh lora|selective" >&2
+    exit 2
+    ;;
+esac
