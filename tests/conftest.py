@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# data.image_cache defaults to ~/.cache/pigg; tests keep theirs in a folder of their own
+os.environ["PIGG_CACHE"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pigg_test_cache_{os.getpid()}")
 
 import torch  # noqa: E402
 
@@ -66,3 +68,9 @@ def tiny_config(tiny_model, synth_data, tmp_path):
         return build_config(raw, list(overrides))
 
     return make
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(os.environ["PIGG_CACHE"], ignore_errors=True)

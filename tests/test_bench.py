@@ -119,11 +119,17 @@ def test_model_flops_follow_what_each_part_computes(tiny_config, tiny_model):
         return _flops_per_sample(model, cfg, text, image)
 
     # seed 000: LoRA on the LLM, the vision side frozen (forward only)
-    seed000 = 4 * sizes["llm"] * (text + image) + 2 * sizes["vision"] * 4 * image + 2 * sizes["aligner"] * image
+    seed000 = (
+        4 * sizes["llm"] * (text + image) + 2 * sizes["vision"] * 4 * image + 2 * sizes["aligner"] * image
+    )
     assert flops("train.method=lora") == seed000
     # the demo: everything trains fully
     full = 6 * sizes["llm"] * (text + image) + 6 * sizes["vision"] * 4 * image + 6 * sizes["aligner"] * image
     assert flops("train.method=full", "vision.method=full", "aligner=full") == full
     # the last of the tiny model's 2 vision blocks with LoRA: backward reaches half the tower
-    selective = 4 * sizes["llm"] * (text + image) + 3 * sizes["vision"] * 4 * image + 6 * sizes["aligner"] * image
-    assert flops("train.method=lora", "vision.method=lora", "vision.blocks=last:1", "aligner=full") == selective
+    selective = (
+        4 * sizes["llm"] * (text + image) + 3 * sizes["vision"] * 4 * image + 6 * sizes["aligner"] * image
+    )
+    assert (
+        flops("train.method=lora", "vision.method=lora", "vision.blocks=last:1", "aligner=full") == selective
+    )

@@ -57,7 +57,36 @@ def test_a_missing_image_is_still_named(synth_data, renderers, tmp_path):
     _, cached, _ = renderers
     sample = read_samples(synth_data, users=None).samples[0]
     messages = [dict(m) for m in sample.messages]
-    messages[0] = {"role": "user", "content": [{"type": "image", "image": "gone.png"}, {"type": "text", "text": "x"}]}
+    messages[0] = {
+        "role": "user",
+        "content": [{"type": "image", "image": "gone.png"}, {"type": "text", "text": "x"}],
+    }
     broken = Sample(**{**sample.__dict__, "messages": messages, "base_dir": tmp_path})
     with pytest.raises(DataError, match="gone.png"):
         cached.encode(broken)
+
+
+def test_the_cache_folder_setting(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from pigg.data.image_cache import cache_folder
+
+    monkeypatch.setenv("PIGG_CACHE", str(tmp_path / "c"))
+    assert cache_folder("auto") == cache_folder(True) == tmp_path / "c" / "images"
+    monkeypatch.delenv("PIGG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert cache_folder("auto") == tmp_path / "x" / "pigg" / "images"
+    assert cache_folder(None) is None and cache_folder(False) is None
+    assert cache_folder("some/where") == Path("some/where")
+
+
+def test_an_unwritable_cache_warns_and_training_data_is_unchanged(synth_data, tiny_model, tmp_path, capsys):
+    processor = load_processor(str(tiny_model), QWEN3_VL)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    cached = Renderer(processor, QWEN3_VL, image_cache=ImageCache(blocked, processor.image_processor))
+    plain = Renderer(processor, QWEN3_VL)
+    samples = read_samples(synth_data, users=None).samples[:2]
+    for sample in samples:
+        assert torch.equal(cached.encode(sample)["pixel_values"], plain.encode(sample)["pixel_values"])
+    assert capsys.readouterr().out.count("not written") == 1  # said once, not per image

@@ -142,7 +142,9 @@ def test_image_only_processor_pickles_into_a_fresh_process(tiny_model, tmp_path)
         "import pickle, sys; p = pickle.loads(open(sys.argv[1], 'rb').read()); "
         "print(type(p).__name__, p.tokenizer('click ok')['input_ids'])"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.pkl")], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "p.pkl")], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == type(processor).__name__
     assert str(processor.tokenizer("click ok")["input_ids"]) in out.stdout
@@ -159,7 +161,9 @@ def test_liger_kernels_only_where_they_run(monkeypatch):
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: (object() if installed["value"] else None) if name == "liger_kernel" else real(name, *a),
+        lambda name, *a: (
+            (object() if installed["value"] else None) if name == "liger_kernel" else real(name, *a)
+        ),
     )
     assert liger_enabled("auto", cuda=True) is True
     assert liger_enabled("auto", cuda=False) is False  # Triton has no CPU backend
@@ -185,8 +189,9 @@ def test_random_weight_copy_keeps_the_architecture_and_processor(tiny_model, tmp
     assert next(copy.parameters()).dtype == torch.bfloat16
     linear = "model.language_model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(weights[linear].float(), original[linear])  # new random values
-    assert load_processor(str(out), QWEN3_VL).tokenizer("click ok")["input_ids"] == (
-        load_processor(str(tiny_model), QWEN3_VL).tokenizer("click ok")["input_ids"]
+    assert (
+        load_processor(str(out), QWEN3_VL).tokenizer("click ok")["input_ids"]
+        == (load_processor(str(tiny_model), QWEN3_VL).tokenizer("click ok")["input_ids"])
     )
     with pytest.raises(ConfigError, match="not empty"):
         build_random(str(tiny_model), out)

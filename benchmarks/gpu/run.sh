@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu/run.sh selective   seed 002's selection, then eval throughput batched vs 1 at a time
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
-# SOURCE, DEVICE, PYTHON and the *_PATHS variables override the defaults (a dry run on CPU uses them).
+# SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
+# change the defaults; a dry run on CPU uses them (docs/benchmarks.md).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/pigg_gpu_out}
@@ -28,7 +29,7 @@ source_model=${SOURCE:-.gpu/qwen3-vl-8b-instruct}
 model=/tmp/pigg_gpu/$(basename "$source_model")-random data=/tmp/pigg_gpu/gui-1280x800
 [ -d "$model" ] || pigg model random "$source_model" "$model" --device "${DEVICE:-cuda}"
 [ -d "$data" ] || pigg data synth "$data" --users 4 --per-user 40 --screen 1280x800
-on_data=(model.name=$model data.path=$data data.train_users=all data.test_users=null train.eval=false)
+on_data=(model.name=$model data.path=$data data.train_users=all data.test_users=null train.eval=false ${EXTRA:-})
 steps=(--warmup "${WARMUP:-2}" --steps "${STEPS:-5}" --repeat "${REPEAT:-2}")
 
 case "${1:-lora}" in

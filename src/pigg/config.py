@@ -109,10 +109,12 @@ class DataSection(_Section):
         return self
 
     max_samples: int | None = Field(None, gt=0)
-    # A folder where each screenshot is kept decoded and resized to the processor's pixel budget (one
-    # uncompressed .npy per image and setting), filled on first use: later epochs and runs skip the PNG
-    # decode and the resize. Exactly the same pixel values; costs width x height x 3 bytes per screenshot.
-    image_cache: str | None = None
+    # Where each screenshot is kept decoded and resized to the processor's pixel budget (one uncompressed
+    # .npy per image and setting), filled on first use: later epochs and runs skip the PNG decode and the
+    # resize (measured 1.43x on CPU, docs/benchmarks.md), with exactly the same pixel values. Costs
+    # width x height x 3 bytes per resized screenshot. auto: $PIGG_CACHE/images or ~/.cache/pigg/images;
+    # a folder; or null to turn it off.
+    image_cache: str | bool | None = "auto"
 
     @field_validator("train_users", "test_users")
     @classmethod

@@ -43,6 +43,7 @@ def run_demo(out: Path, users: int = 12, per_user: int = 80) -> Path:
         f"data.path={data_dir}",
         f"train.log_dir={out / 'logs'}",
         f"train.output_dir={run_dir}",
+        f"data.image_cache={out / 'image_cache'}",  # everything the demo writes stays in its folder
     ]
     print("[3/5] training the global agent")
     summary = train(load_config(DEMO_CONFIG, overrides)).summary

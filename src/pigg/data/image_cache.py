@@ -1,4 +1,5 @@
-"""Screenshots decoded and resized once, kept on disk for every later epoch and run (`data.image_cache`).
+"""Screenshots decoded and resized once, kept on disk for every later epoch and run (`data.image_cache`,
+on by default in ~/.cache/pigg/images).
 
 Decoding a large PNG and resizing it to the processor's pixel budget is most of a sample's preparation.
 The cache stores the resized RGB pixels as an uncompressed .npy file per image and processor setting, so
@@ -13,6 +14,7 @@ and are renamed into place, so dataloader workers filling the same cache never r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -24,6 +26,17 @@ from PIL import Image
 from pigg.data.sample import ImageRef, load_image, resolve_image_path
 
 
+def cache_folder(setting: str | bool | None) -> Path | None:
+    """The folder `data.image_cache` names: None/false turns the cache off; "auto"/true is $PIGG_CACHE/images,
+    or ~/.cache/pigg/images (under $XDG_CACHE_HOME where set)."""
+    if setting is None or setting is False:
+        return None
+    if setting is True or setting == "auto":
+        root = os.environ.get("PIGG_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "pigg"
+        return Path(root).expanduser() / "images"
+    return Path(setting).expanduser()
+
+
 class ImageCache:
     def __init__(self, folder: str | Path, image_processor):
         self.folder = Path(folder).expanduser()
@@ -33,6 +46,7 @@ class ImageCache:
         self.min_pixels, self.max_pixels = size["shortest_edge"], size["longest_edge"]
         self.resample = Image.Resampling(int(image_processor.resample))
         self.settings = f"{self.factor}/{self.min_pixels}/{self.max_pixels}/{self.resample.name}"
+        self.warned = False
 
     def _key(self, ref: ImageRef, base_dir: Path | None) -> str | None:
         if isinstance(ref, str):
@@ -67,10 +81,17 @@ class ImageCache:
             except (OSError, ValueError):  # a damaged entry is rebuilt, never trained on
                 pass
         image = self.resize(load_image(ref, base_dir))
-        entry.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(image))
         partial = entry.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(buffer.getvalue())
-        os.replace(partial, entry)
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(buffer.getvalue())
+            os.replace(partial, entry)
+        except OSError as exc:  # a full or read-only disk slows training down; it must not stop it
+            if not self.warned:
+                print(f"warning: image cache {self.folder} not written ({exc}); going on without it")
+                self.warned = True
+            with contextlib.suppress(OSError):
+                partial.unlink()
         return image
