@@ -62,11 +62,11 @@ def test_ablations_flip_the_default_as_it_resolves_on_the_machine():
     from pigg.train.bench import speed_settings
 
     cpu = speed_settings(8)
-    assert "default+checkpointing" in cpu and "default-liger" not in cpu
+    assert "default+checkpointing" in cpu and "default+liger" not in cpu
     assert "train.liger_kernel=false" in cpu["baseline"]
     gpu = speed_settings(8, cuda=True, liger=True)
     assert gpu["default-checkpointing"][-1] == "train.gradient_checkpointing=false"
-    assert gpu["default-liger"][-1] == "train.liger_kernel=false"
+    assert gpu["default+liger"][-1] == "train.liger_kernel=true"
     # the micro-batch divides the effective batch, so every path trains on the same samples per step
     shape = speed_settings(12)["default"][:2]
     assert shape == ["train.batch_size=6", "train.grad_accum=2"]

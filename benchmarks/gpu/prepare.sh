@@ -8,8 +8,10 @@
 #          travel with the working tree)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
 for folder in /.whl/ /.gpu/; do
-    grep -qx "$folder" .git/info/exclude 2>/dev/null || echo "$folder" >>.git/info/exclude
+    grep -qx "$folder" "$exclude" 2>/dev/null || echo "$folder" >>"$exclude"
 done
 python=${PYTHON:-.venv/bin/python}
 pinned() { grep -iE "^($1)==" requirements.txt; }

@@ -35,11 +35,11 @@ steps=(--warmup "${WARMUP:-2}" --steps "${STEPS:-5}" --repeat "${REPEAT:-2}")
 case "${1:-lora}" in
 lora)
     pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/lora" \
-        --paths "${LORA_PATHS:-baseline,default,default-checkpointing,default-liger,default+packing}"
+        --paths "${LORA_PATHS:-baseline,default,default-checkpointing,default+liger,default+packing}"
     ;;
 selective)
     pigg bench configs/seed002_last6_lora.yaml "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
-        --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default-liger}"
+        --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default+liger}"
     for batch in 1 16; do
         pigg eval --model "$model" --data "$data" --users 1 --max-samples "${EVAL_SAMPLES:-32}" \
             --max-new-tokens 16 --batch-size $batch --out /tmp/pigg_gpu/eval_batch$batch

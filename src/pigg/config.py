@@ -162,8 +162,9 @@ class TrainSection(_Section):
     torch_compile: bool = False
     # Liger's Triton kernels (fused linear cross-entropy, which never materialises the 152k-vocabulary
     # logits, RMSNorm, RoPE) through the Trainer's use_liger_kernel. auto: on with CUDA when liger-kernel
-    # is installed; Triton has no CPU backend.
-    liger_kernel: Literal["auto"] | bool = "auto"
+    # is installed (Triton has no CPU backend). Off by default until the GPU bench (path default+liger)
+    # has measured it: pigg's defaults are what measurably helps.
+    liger_kernel: Literal["auto"] | bool = False
     # DeepSpeed config JSON (e.g. configs/deepspeed/zero2.json); needs CUDA.
     deepspeed: str | None = None
     seed: int = 42

@@ -42,7 +42,7 @@ def speed_settings(
 ) -> dict[str, list[str]]:
     """The benchmarked paths as overrides, at one effective batch. Each ablation flips one of the default's
     choices as it resolves on this machine: checkpointing is on with CUDA and off on CPU, and Liger's
-    kernels are only offered where they can run (`liger`: CUDA and liger-kernel installed).
+    kernels are only tried where they can run (`liger`: CUDA and liger-kernel installed).
     `image_cache`: the default's image cache, filled before it is timed (as every epoch after the first
     and every later run over the same data find it)."""
     defaults = TrainSection()
@@ -78,7 +78,7 @@ def speed_settings(
         "default+compile": [*default, "train.torch_compile=true"],
     }
     if liger:
-        paths["default-liger"] = [*default, "train.liger_kernel=false"]
+        paths["default+liger"] = [*default, "train.liger_kernel=true"]
     return paths
 
 
