@@ -103,6 +103,24 @@ def test_batched_answers_equal_one_at_a_time(trained_run, fixed_data):
     assert [c.raw for c in batched] == [c.raw for c in single]
 
 
+def test_eval_through_the_image_cache_clicks_the_same_screenshot_pixels(trained_run, fixed_data, tmp_path):
+    from pigg.data.sample import image_size
+
+    samples = read_samples(fixed_data, [2]).samples[:8]
+    plain = Agent.load(resolve_model(str(trained_run))).click_samples(samples, batch_size=4)
+    cached_agent = Agent.load(resolve_model(str(trained_run)), image_cache=tmp_path / "cache")
+    filling = cached_agent.click_samples(samples, batch_size=4)
+    reading = cached_agent.click_samples(samples, batch_size=4)  # every image now comes from the cache
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(samples)
+    originals = [image_size(s.image_refs()[-1], s.base_dir) for s in samples]
+    resized = [cached_agent.renderer.load_image(s.image_refs()[-1], s.base_dir).size for s in samples]
+    assert resized != originals  # the cache holds smaller images, yet clicks are read in the originals
+    for clicks in (filling, reading):
+        assert [c.raw for c in clicks] == [c.raw for c in plain]
+        assert [c.point for c in clicks] == [c.point for c in plain]
+        assert [c.size for c in clicks] == originals
+
+
 def test_eval_loss_is_token_weighted_and_batch_size_invariant(trained_run, fixed_data):
     agent = Agent.load(resolve_model(str(trained_run)))
     samples = read_samples(fixed_data, [1]).samples[:5]

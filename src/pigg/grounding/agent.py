@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from pigg.data.render import Renderer, prompt_messages, render_text
-from pigg.data.sample import Sample, load_image
+from pigg.data.sample import Sample, image_size
 from pigg.errors import ConfigError
 from pigg.grounding.parse import parse_click
 from pigg.models.coords import from_model
@@ -156,10 +156,17 @@ class Agent:
     label: str = "model"
 
     @classmethod
-    def load(cls, ref: ModelRef, dtype=None, max_new_tokens: int = 32) -> Agent:
+    def load(cls, ref: ModelRef, dtype=None, max_new_tokens: int = 32, image_cache=None) -> Agent:
+        """`image_cache`: a `data.image_cache` setting ("auto", a folder, None for none): screenshots
+        already decoded and resized for this processor (by training, or by an earlier eval) are read
+        from it, and the others are added."""
+        from pigg.data.image_cache import ImageCache, cache_folder
+
         family = resolve_family(ref.base)
         processor = load_processor(ref.processor_from or ref.base, family)
-        renderer = Renderer(processor, family, system_turns_of(ref))
+        folder = cache_folder(image_cache)
+        cache = ImageCache(folder, processor.image_processor) if folder is not None else None
+        renderer = Renderer(processor, family, system_turns_of(ref), image_cache=cache)
         return cls(load_weights(ref, dtype), processor, renderer, max_new_tokens, ref.label)
 
     @property
@@ -212,9 +219,12 @@ class Agent:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             prompts = [prompt_messages(self.renderer.messages(s)) for s in chunk]
-            images = [[load_image(ref, s.base_dir) for ref in s.image_refs()] for s in chunk]
+            images = [[self.renderer.load_image(ref, s.base_dir) for ref in s.image_refs()] for s in chunk]
             raws = self._generate(prompts, images)
-            clicks += [self.read_click(raw, imgs[-1].size) for raw, imgs in zip(raws, images, strict=True)]
+            # clicks are read in the screenshot's own pixels: a cached image is already resized, so the
+            # size comes from the file's header
+            sizes = [image_size(s.image_refs()[-1], s.base_dir) for s in chunk]
+            clicks += [self.read_click(raw, size) for raw, size in zip(raws, sizes, strict=True)]
             if progress:
                 progress(len(clicks), len(samples))
         return clicks

@@ -26,6 +26,7 @@ class EvalSettings:
     radius: float = DEFAULT_RADIUS
     max_new_tokens: int = 32
     loss: bool = False  # also compute evaluation loss through the training collator
+    image_cache: str | bool | None = None  # data.image_cache: screenshots decoded and resized once
 
 
 @dataclass
@@ -101,7 +102,7 @@ def evaluate_models(refs: list[ModelRef], samples: list[Sample], settings: EvalS
     """Each model in turn, loaded once, evaluated on the same samples, then released."""
     results = []
     for ref in refs:
-        agent = Agent.load(ref)
+        agent = Agent.load(ref, image_cache=settings.image_cache)
         results.append(evaluate_agent(agent, samples, settings))
         del agent
         gc.collect()
@@ -171,6 +172,7 @@ def run_eval(
         radius=radius or cfg.eval.radius,
         max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens,
         loss=loss,
+        image_cache=cfg.data.image_cache,
     )
     samples = prepare_data(cfg, run_dir=out).train
     if not samples:

@@ -180,7 +180,9 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
             raise DataError(f"user {user} has no usable samples in {cfg.data.path}")
         splits.append(split_user(user, mine, p.adapt_fraction, p.split_seed))
     test_all = [s for split in splits for s in split.test]
-    settings = EvalSettings(cfg.eval.batch_size, cfg.eval.radius, cfg.eval.max_new_tokens)
+    settings = EvalSettings(
+        cfg.eval.batch_size, cfg.eval.radius, cfg.eval.max_new_tokens, image_cache=cfg.data.image_cache
+    )
     print(
         f"personalizing {len(users)} users of {run_dir}: "
         + ", ".join(f"{s.user_id} ({len(s.adapt)} adapt / {len(s.test)} test)" for s in splits)
@@ -188,7 +190,7 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
 
     global_ref = resolve_model(str(run_dir))
     evals: dict[str, ModelEval] = {}
-    zero_shot = Agent.load(base_of(global_ref), max_new_tokens=settings.max_new_tokens)
+    zero_shot = Agent.load(base_of(global_ref), None, settings.max_new_tokens, settings.image_cache)
     evals["zero_shot"] = evaluate_agent(zero_shot, test_all, settings)
     del zero_shot
     gc.collect()
