@@ -236,6 +236,31 @@ def test_predict_cli_prints_the_click_and_draws_it(trained_run, fixed_data, tmp_
         assert drawn.size == original.size
 
 
+def test_bench_eval_reports_batched_against_one_at_a_time(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    args = ["bench-eval", "--model", str(trained_run), "--max-samples", "8", "--repeat", "2"]
+    result = CliRunner().invoke(app, [*args, "--batch-sizes", "1,4", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b" / "bench_eval.json").read_text())
+    assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "b" / "bench_eval.json")
+    assert report["data"]["samples"] == 8 and report["data"]["users"] == "1-2"  # the run's test users
+    assert report["settings"]["baseline"] == 1 and set(report["batch_sizes"]) == {"1", "4"}
+    for size, figures in report["batch_sizes"].items():
+        assert len(figures["runs"]) == 2 and figures["screens_per_second"] > 0, size
+        assert figures["image_tokens_per_second"] > figures["text_tokens_per_second"] > 0
+        assert figures["answer_tokens_per_second"] > 0 and figures["peak_memory"] > 0
+        # fp32 greedy answers do not depend on the batch: the same answers, the same accuracy
+        assert figures["agreement_with_baseline"] == 1.0
+        assert figures["accuracy"] == report["batch_sizes"]["1"]["accuracy"]
+    assert report["batch_sizes"]["1"]["ratio_to_baseline"] == 1.0
+    assert report["batch_sizes"]["1"]["accuracy"] > 2 * CHANCE  # the trained run, really evaluated
+    assert "| 4 |" in (tmp_path / "b" / "bench_eval.md").read_text()
+
+    bad = CliRunner().invoke(app, [*args, "--batch-sizes", "1,x"])
+    assert bad.exit_code != 0 and "--batch-sizes: '1,x'" in str(bad.exception)
+
+
 def test_predict_user_without_adapter_names_the_fix(trained_run):
     from pigg.errors import ConfigError
 

@@ -2,6 +2,7 @@
 # Run on the GPU machine through the device tool, with carry [".whl", ".gpu"] (see prepare.sh):
 #   bash benchmarks/gpu/run.sh lora        seed 000's LoRA: baseline, default and the GPU ablations
 #   bash benchmarks/gpu/run.sh selective   seed 002's selection, then eval throughput batched vs 1 at a time
+#                                          (pigg bench-eval)
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -40,20 +41,8 @@ lora)
 selective)
     pigg bench configs/seed002_last6_lora.yaml "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
         --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default+liger}"
-    for batch in 1 16; do
-        pigg eval --model "$model" --data "$data" --users 1 --max-samples "${EVAL_SAMPLES:-32}" \
-            --max-new-tokens 16 --batch-size $batch --out /tmp/pigg_gpu/eval_batch$batch
-    done
-    $python - "$OUT/eval_throughput.json" <<'PY'
-import json, sys
-speed = {}
-for batch in (1, 16):
-    report = json.load(open(f"/tmp/pigg_gpu/eval_batch{batch}/eval.json"))
-    speed[batch] = next(iter(report["models"].values()))["screens_per_second"]
-result = {"screens_per_second": speed, "ratio": speed[16] / speed[1], "max_new_tokens": 16}
-json.dump(result, open(sys.argv[1], "w"), indent=2)
-print(f"eval screens/s: one at a time {speed[1]:.2f}, batch 16 {speed[16]:.2f}, ratio {result['ratio']:.2f}x")
-PY
+    pigg bench-eval --model "$model" --data "$data" --users 1 --max-samples "${EVAL_SAMPLES:-32}" \
+        --max-new-tokens 16 --batch-sizes 1,4,16 --out "$OUT/eval"
     ;;
 *)
     echo "usage: run.sh lora|selective" >&2

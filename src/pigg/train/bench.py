@@ -17,7 +17,6 @@ a path that runs out of GPU memory is reported as such and the others go on.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -25,16 +24,13 @@ from pathlib import Path
 
 from pigg.config import DataSection, ExperimentConfig, TrainSection, load_config
 from pigg.errors import ConfigError, PiggError
-from pigg.train.measure import PeakMemory, human_bytes, median, timed_run
+from pigg.train.measure import PeakMemory, human_bytes, machine_report, median, timed_run
 
 # Paths run only when named in --paths: torch.compile recompiles for every new sequence length on CPU
 # and takes minutes.
 OPT_IN = ("default+compile",)
 
 OOM = "out of memory"
-
-# Dense bf16 peak of the GPUs pigg reports MFU for (no sparsity), FLOP/s.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def speed_settings(
@@ -239,16 +235,6 @@ def run_isolated(config, overrides: list[str], samples, warmup: int, steps: int,
     return outcome
 
 
-def _gpu_peak() -> tuple[str | None, float | None]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None, None
-    name = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    return name, peak
-
-
 def bench(
     config: str | Path,
     overrides: list[str] | None = None,
@@ -331,12 +317,9 @@ def bench(
 
 def _report(base: ExperimentConfig, results: dict, samples: int, tokens, flops_per_sample) -> dict:
     """Every path's figures, its ratio to the baseline, and what was measured on what."""
-    import peft
-    import torch
-    import transformers
-
     text, image = tokens
-    gpu, peak_flops = _gpu_peak()
+    machine, versions = machine_report()
+    peak_flops = machine["gpu_peak_bf16_flops"]
     for result in results.values():
         if result.error is None:
             _summarize(result, text, image, flops_per_sample, peak_flops)
@@ -345,17 +328,8 @@ def _report(base: ExperimentConfig, results: dict, samples: int, tokens, flops_p
         if result.error is None and baseline.error is None:
             result.ratio_to_baseline = round(result.samples_per_second / baseline.samples_per_second, 3)
     return {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(),
-            "gpu": gpu,
-            "gpu_peak_bf16_flops": peak_flops,
-        },
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
+        "machine": machine,
+        "versions": versions,
         "model": _model_shape(base),
         "data": {
             "samples": samples,

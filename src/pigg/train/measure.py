@@ -15,6 +15,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+# Dense bf16 peak of the GPUs pigg reports MFU for (no sparsity), FLOP/s.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
@@ -109,6 +112,31 @@ def timed_run(cfg, data, scratch: Path, **overrides):
     timer = StepTimer()
     trainer.add_callback(timer)
     return model, trainer, timer
+
+
+def machine_report() -> tuple[dict, dict]:
+    """(machine, versions) for a benchmark report: platform, CPU threads, GPU name and its dense bf16
+    peak where known; torch, transformers and peft versions."""
+    import platform
+
+    import peft
+    import torch
+    import transformers
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None) if gpu else None
+    machine = {
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "gpu_peak_bf16_flops": peak,
+    }
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+    return machine, versions
 
 
 def median(values: list[float]) -> float:
