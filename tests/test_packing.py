@@ -36,6 +36,8 @@ def test_packed_batch_has_the_unpacked_loss(tiny_config, pack_length):
         want = model(**plain)
         got = model(**packed)
     torch.testing.assert_close(got.loss, want.loss, rtol=1e-5, atol=1e-5)
+    # training batches ask for no KV cache (the tiny text_config, like Qwen's, says use_cache: true)
+    assert model.config.text_config.use_cache and want.past_key_values is None and got.past_key_values is None
     if rows == 1:  # sample by sample, the packed logits are the unpacked ones: nothing leaks across
         offset = 0
         for i, n in enumerate(plain["attention_mask"].sum(1).tolist()):

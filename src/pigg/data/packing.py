@@ -68,6 +68,10 @@ class TrainingCollator:
         else:
             batch = self.pack(encoded, lengths)
         batch[STATS_KEY] = torch.tensor([sum(lengths), padded, batch["input_ids"].numel()])
+        # No KV cache in training. The Trainer turns off only the top-level config's use_cache, and
+        # Qwen-VL's language model reads its text_config's (true), so every training forward would fill
+        # a cache; transformers also detects packed rows only without one (a cache means generation).
+        batch["use_cache"] = False
         return batch
 
     def _positions(self, e: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -108,8 +112,6 @@ class TrainingCollator:
             "labels": torch.stack(labels),
             "mm_token_type_ids": torch.stack(types),
             "position_ids": torch.stack(positions, dim=1),  # 4 x rows x width
-            # transformers detects packed rows only without a KV cache (a cache means generation)
-            "use_cache": False,
         }
         if pixels:
             batch["pixel_values"] = torch.cat(pixels)

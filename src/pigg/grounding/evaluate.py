@@ -79,7 +79,7 @@ def eval_loss(model, renderer: Renderer, samples: list[Sample], batch_size: int)
             batch = renderer.collate(samples[start : start + batch_size])
             batch = {k: v.to(model.device) for k, v in batch.items()}
             count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            total += float(model(**batch).loss) * count
+            total += float(model(**batch, use_cache=False).loss) * count
             tokens += count
     model.train(was_training)
     return total / tokens
