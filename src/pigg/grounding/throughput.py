@@ -1,7 +1,7 @@
 """`pigg bench-eval`: evaluation throughput, one screenshot at a time against batches, side by side.
 
 One model is loaded once; the same samples go through greedy generation at each batch size, interleaved
-and repeated, after one untimed pass that fills the image cache and warms the kernels. The first batch
+and repeated, after an untimed pass that fills the image cache and one untimed batch per batch size. The first batch
 size is the baseline (1 by default: one at a time, as seed 001's test script asks). Besides screens/s,
 the report says how many answers agree with the baseline's and the click accuracy at each batch size:
 batched generation pads prompts on the left, which may change a low-precision answer, and a speed-up
@@ -69,8 +69,10 @@ def bench_eval(
     agent.max_new_tokens = max_new_tokens or cfg.eval.max_new_tokens
     tokenizer = agent.processor.tokenizer
 
-    progress(f"untimed pass over {len(samples)} samples (fills the image cache, warms up)")
+    progress(f"untimed pass over {len(samples)} samples (fills the image cache), one batch per batch size")
     agent.click_samples(samples, max(batch_sizes))
+    for size in batch_sizes:  # the first timed pass of each size would otherwise pay its warm-up
+        agent.click_samples(samples[:size], size)
     results = {b: BatchResult(b) for b in batch_sizes}
     answers: dict[int, list] = {}
     for r in range(repeat):
