@@ -34,7 +34,7 @@ def test_bench_report_has_every_field(tiny_config, tmp_path):
     ]
     result = CliRunner().invoke(app, [*args, "--paths", "baseline,default,default+packing"])
     assert result.exit_code == 0, result.output
-    path = result.output.strip().splitlines()[-1]
+    path = result.stdout.strip().splitlines()[-1]
     report = json.loads(Path(path).read_text())
     assert set(report["paths"]) == {"baseline", "default", "default+packing"}
     for name, figures in report["paths"].items():
@@ -52,6 +52,8 @@ def test_bench_report_has_every_field(tiny_config, tmp_path):
     first = {n: f["runs"][0]["losses"][0] for n, f in report["paths"].items()}
     assert max(first.values()) - min(first.values()) < 1e-3, first
     assert report["data"]["effective_batch"] == 4 and report["data"]["image_tokens_per_sample"] > 0
+    assert report["settings"]["complete"] is True
+    assert not list((tmp_path / "b").glob("*.partial"))
     for key in ("machine", "versions", "model", "settings", "flops_per_sample"):
         assert report[key], key
     table = (tmp_path / "b" / "bench.md").read_text()
@@ -85,10 +87,16 @@ def test_a_failing_run_is_reported_with_its_path(tiny_config, tmp_path):
         "versions": {"torch": "t"},
         "model": {"name": "m", "llm_layers": 1, "hidden_size": 8, "vision_depth": 1},
         "data": {"text_tokens_per_sample": 1, "image_tokens_per_sample": 1, "effective_batch": 8},
-        "settings": {"steps": 1, "repeat": 1},
-        "paths": {"default-checkpointing": {"error": "out of memory: CUDA out of memory."}},
+        "settings": {"steps": 1, "repeat": 1, "complete": False},
+        "paths": {
+            "default-checkpointing": {"error": "out of memory: CUDA out of memory.", "runs": []},
+            "default+liger": {"error": None, "runs": []},
+        },
     }
-    assert "| default-checkpointing | out of memory: CUDA out of memory. |" in markdown(report)
+    table = markdown(report)
+    assert "| default-checkpointing | out of memory: CUDA out of memory. |" in table
+    # the report is rewritten after every run: a stopped bench says so, and what had not run yet
+    assert table.startswith("**partial") and "| default+liger | not run yet |" in table
 
 
 def test_model_flops_follow_what_each_part_computes(tiny_config, tiny_model):

@@ -17,6 +17,7 @@ a path that runs out of GPU memory is reported as such and the others go on.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -273,6 +274,22 @@ def bench(
         text_per_sample = sum(t for t, _ in data.tokens()) / needed
         image_per_sample = sum(i for _, i in data.tokens()) / needed
         results = {n: PathResult(n, available[n]) for n in names}
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "bench.json"
+        tokens = (text_per_sample, image_per_sample)
+        settings = {"steps": steps, "warmup": warmup, "repeat": repeat, "config": str(config)}
+
+        def write(complete: bool) -> None:
+            """The report so far: rewritten after every run, so a job killed at its time limit (a GPU
+            machine's) still leaves every figure measured until then."""
+            report = _report(base, results, needed, tokens, flops_per_sample)
+            report["settings"] = {**settings, "complete": complete}
+            for target, text in ((path, json.dumps(report, indent=2)), (out / "bench.md", markdown(report))):
+                partial = target.with_name(target.name + ".partial")
+                partial.write_text(text)
+                os.replace(partial, target)  # a kill mid-write leaves the previous report whole
+
         if any(f"data.image_cache={image_cache}" in available[n] for n in names):
             renderer = load_renderer(load_config(config, [*(overrides or []), *available["default"]]))[2]
             for sample in data.train:
@@ -291,7 +308,7 @@ def bench(
                     data.train,
                     warmup,
                     steps,
-                    (text_per_sample, image_per_sample),
+                    tokens,
                 )
                 if "error" in outcome:
                     result.error = outcome["error"]
@@ -299,16 +316,12 @@ def bench(
                         f"  {name}: {result.error}"
                         + ("" if outcome["oom"] else "\n" + outcome.get("traceback", ""))
                     )
-                    continue
-                result.runs.append(PathRun(**outcome["run"]))
-                flops_per_sample = flops_per_sample or outcome["flops_per_sample"]
-        report = _report(base, results, needed, (text_per_sample, image_per_sample), flops_per_sample)
-        report["settings"] = {"steps": steps, "warmup": warmup, "repeat": repeat, "config": str(config)}
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "bench.json"
-        path.write_text(json.dumps(report, indent=2))
-        (out / "bench.md").write_text(markdown(report))
+                else:
+                    result.runs.append(PathRun(**outcome["run"]))
+                    flops_per_sample = flops_per_sample or outcome["flops_per_sample"]
+                    progress(f"  {name}: {result.runs[-1].samples_per_second:.3f} samples/s")
+                write(complete=False)
+        write(complete=True)
     failed = [f"{r.name}: {r.error}" for r in results.values() if r.error and not r.error.startswith(OOM)]
     if failed:
         raise PiggError(f"the report is in {path}, but some paths failed:\n  " + "\n  ".join(failed))
@@ -321,11 +334,11 @@ def _report(base: ExperimentConfig, results: dict, samples: int, tokens, flops_p
     machine, versions = machine_report()
     peak_flops = machine["gpu_peak_bf16_flops"]
     for result in results.values():
-        if result.error is None:
+        if result.runs:  # none yet: the report is being written while the bench runs
             _summarize(result, text, image, flops_per_sample, peak_flops)
     baseline = results["baseline"]
     for result in results.values():
-        if result.error is None and baseline.error is None:
+        if result.runs and baseline.runs:
             result.ratio_to_baseline = round(result.samples_per_second / baseline.samples_per_second, 3)
     return {
         "machine": machine,
@@ -398,9 +411,11 @@ def markdown(report: dict) -> str:
         "| loss, last step | loss, mean |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if not report["settings"].get("complete", True):
+        lines.insert(0, "**partial: the bench was still running or was stopped; figures so far**")
     for name, p in report["paths"].items():
-        if p["error"] is not None:
-            lines.append(f"| {name} | {p['error']} |" + " - |" * 9)
+        if p["error"] is not None or not p["runs"]:
+            lines.append(f"| {name} | {p['error'] or 'not run yet'} |" + " - |" * 9)
             continue
         ratio = f"{p['ratio_to_baseline']:.2f}" if p["ratio_to_baseline"] is not None else "-"
         mfu = f"{100 * p['mfu']:.1f}%" if p["mfu"] is not None else "-"
