@@ -39,10 +39,11 @@ lora)
         --paths "${LORA_PATHS:-baseline,default,default-checkpointing,default+liger,default+packing}"
     ;;
 selective)
-    pigg bench configs/seed002_last6_lora.yaml "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
-        --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default+liger}"
+    # eval first: it takes a minute, and the training bench may run into the call's time limit
     pigg bench-eval --model "$model" --data "$data" --users 1 --max-samples "${EVAL_SAMPLES:-32}" \
         --max-new-tokens 16 --batch-sizes 1,4,16 --out "$OUT/eval"
+    pigg bench configs/seed002_last6_lora.yaml "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
+        --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default+liger}"
     ;;
 *)
     echo "usage: run.sh lora|selective" >&2
