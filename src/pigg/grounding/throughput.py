@@ -1,11 +1,11 @@
 """`pigg bench-eval`: evaluation throughput, one screenshot at a time against batches, side by side.
 
 One model is loaded once; the same samples go through greedy generation at each batch size, interleaved
-and repeated, after an untimed pass that fills the image cache and one untimed batch per batch size. The first batch
-size is the baseline (1 by default: one at a time, as seed 001's test script asks). Besides screens/s,
-the report says how many answers agree with the baseline's and the click accuracy at each batch size:
-batched generation pads prompts on the left, which may change a low-precision answer, and a speed-up
-that changes answers has to say so.
+and repeated, after an untimed pass that fills the image cache and one untimed batch per batch size.
+The first batch size is the baseline (1 by default: one at a time, as seed 001's test script asks).
+Besides screens/s, the report says how many answers agree with the baseline's and the click accuracy at
+each batch size: batched generation pads prompts on the left, which may change a low-precision answer,
+and a speed-up that changes answers has to say so.
 """
 
 from __future__ import annotations
@@ -133,8 +133,9 @@ def markdown(report: dict) -> str:
         f"machine: {machine['platform']}, {machine['gpu'] or 'CPU'} ({machine['cpu_threads']} threads); "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         f"model: {report['model']['spec']}; {data['samples']} samples of users {data['users']}, "
-        f"{data['text_tokens_per_sample']} text + {data['image_tokens_per_sample']} image tokens each; at most {report['settings']['max_new_tokens']} "
-        f"new tokens, greedy; {report['settings']['repeat']} repeats, interleaved",
+        f"{data['text_tokens_per_sample']} text + {data['image_tokens_per_sample']} image tokens each; "
+        f"at most {report['settings']['max_new_tokens']} new tokens, greedy; "
+        f"{report['settings']['repeat']} repeats, interleaved",
         "",
         f"| batch size | screens/s | x batch {baseline} | text tok/s | image tok/s | answer tok/s | peak memory "
         f"| accuracy | answers equal to batch {baseline}'s |",

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-# Dense bf16 peak of the GPUs pigg reports MFU for (no sparsity), FLOP/s.
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# Dense bf16 peak of the GPUs pigg reports MFU for (no sparsity), FLOP/s; the first name the device's
+# name contains wins, so the PCIe and NVL H100s come before the SXM one.
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def _rss_bytes() -> int:
