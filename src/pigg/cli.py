@@ -26,6 +26,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 
 UserOpt = Annotated[int | None, typer.Option("--user", help="apply this user's adapter from RUN/users/ID")]
+EvalDataOpt = Annotated[str | None, typer.Option(help="data folder or .jsonl (default: the run's data.path)")]
+EvalUsersOpt = Annotated[str | None, typer.Option(help="user ids, e.g. 1-10 (default: the run's test users)")]
 ConfigArg = Annotated[Path, typer.Argument(help="recipe YAML, e.g. configs/global_lora.yaml")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")]
 
@@ -148,12 +150,8 @@ def bench_eval(
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
     user: UserOpt = None,
-    data: Annotated[
-        str | None, typer.Option(help="data folder or .jsonl (default: the run's data.path)")
-    ] = None,
-    users: Annotated[
-        str | None, typer.Option(help="user ids, e.g. 1-10 (default: the run's test users)")
-    ] = None,
+    data: EvalDataOpt = None,
+    users: EvalUsersOpt = None,
     batch_sizes: Annotated[str, typer.Option(help="comma-separated; the first is the baseline")] = "1,16",
     repeat: Annotated[int, typer.Option(help="timed passes per batch size, interleaved")] = 2,
     max_samples: Annotated[int | None, typer.Option(help="screens per pass")] = 64,
@@ -378,12 +376,8 @@ def evaluate(
     compare: Annotated[
         str | None, typer.Option(help="comma-separated models on the same samples; 'base' is the runs' base")
     ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="data folder or .jsonl (default: the run's data.path)")
-    ] = None,
-    users: Annotated[
-        str | None, typer.Option(help="user ids, e.g. 1-10 (default: the run's test users)")
-    ] = None,
+    data: EvalDataOpt = None,
+    users: EvalUsersOpt = None,
     out: Annotated[Path | None, typer.Option(help="report folder (default: RUN/eval)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="screens per generation batch")] = None,
     radius: Annotated[

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pigg.errors import ConfigError
-from pigg.train.measure import PeakMemory, human_bytes, machine_report, median
+from pigg.train.measure import PeakMemory, human_bytes, machine_line, machine_report, median
 
 
 @dataclass
@@ -128,10 +128,9 @@ def bench_eval(
 
 
 def markdown(report: dict) -> str:
-    machine, data, baseline = report["machine"], report["data"], report["settings"]["baseline"]
+    data, baseline = report["data"], report["settings"]["baseline"]
     lines = [
-        f"machine: {machine['platform']}, {machine['gpu'] or 'CPU'} ({machine['cpu_threads']} threads); "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        machine_line(report),
         f"model: {report['model']['spec']}; {data['samples']} samples of users {data['users']}, "
         f"{data['text_tokens_per_sample']} text + {data['image_tokens_per_sample']} image tokens each; "
         f"at most {report['settings']['max_new_tokens']} new tokens, greedy; "

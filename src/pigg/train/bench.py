@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pigg.config import DataSection, ExperimentConfig, TrainSection, load_config
 from pigg.errors import ConfigError, PiggError
-from pigg.train.measure import PeakMemory, human_bytes, machine_report, median, timed_run
+from pigg.train.measure import PeakMemory, human_bytes, machine_line, machine_report, median, timed_run
 
 # Paths run only when named in --paths: torch.compile recompiles for every new sequence length on CPU
 # and takes minutes.
@@ -397,10 +397,8 @@ def _model_shape(cfg: ExperimentConfig) -> dict:
 
 
 def markdown(report: dict) -> str:
-    gpu = report["machine"]["gpu"]
     lines = [
-        f"machine: {report['machine']['platform']}, {gpu or 'CPU'} ({report['machine']['cpu_threads']} threads); "
-        + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+        machine_line(report),
         f"model: {report['model']['name']} ({report['model']['llm_layers']} LLM layers, hidden "
         f"{report['model']['hidden_size']}, vision depth {report['model']['vision_depth']}); data: "
         f"{report['data']['text_tokens_per_sample']} text + {report['data']['image_tokens_per_sample']} image tokens "

@@ -140,6 +140,15 @@ def machine_report() -> tuple[dict, dict]:
     return machine, versions
 
 
+def machine_line(report: dict) -> str:
+    """The first line of a benchmark table: where it was measured, with what."""
+    machine = report["machine"]
+    return (
+        f"machine: {machine['platform']}, {machine['gpu'] or 'CPU'} ({machine['cpu_threads']} threads); "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    )
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     n = len(ordered)
