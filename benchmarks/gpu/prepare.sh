@@ -2,7 +2,7 @@
 # Run here, on the machine without a GPU, in the repository, before a device call (docs/benchmarks.md).
 # Puts what benchmarks/gpu/run.sh needs and the GPU image lacks into two git-ignored folders that the
 # device call carries:
-#   .whl/  wheels: pydantic and typer (missing there), liger-kernel, and pigg's tested transformers and
+#   .whl/  wheels: pydantic (missing there), typer, liger-kernel, and pigg's tested transformers and
 #          peft versions (the image has other ones)
 #   .gpu/  the Qwen3-VL-8B config and processor from ../shared/assets (no weights; ../shared does not
 #          travel with the working tree)
@@ -17,7 +17,7 @@ python=${PYTHON:-.venv/bin/python}
 pinned() { grep -iE "^($1)==" requirements.txt; }
 wheels=(
     $(pinned 'pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions')
-    $(pinned 'typer|click|annotated-doc|rich|transformers|tokenizers|peft')
+    $(pinned 'typer|click|annotated-doc|rich|transformers|tokenizers|peft|regex')
     liger-kernel==0.8.5
 )
 rm -rf .whl && mkdir .whl
