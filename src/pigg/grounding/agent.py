@@ -173,17 +173,17 @@ class Agent:
     def family(self):
         return self.renderer.family
 
-    def _generate(self, prompts: list[list[dict]], images: list[list[Image.Image]]) -> list[str]:
-        tokenizer = self.processor.tokenizer
+    def _inputs(self, prompts: list[list[dict]], images: list[list[Image.Image]]):
+        """Prompts and their screenshots as model inputs on the model's device."""
         texts = [render_text(self.processor, p, add_generation_prompt=True) for p in prompts]
         flat = [image for group in images for image in group]
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"  # generation continues every row from its last real token
-        try:
-            inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
-        finally:
-            tokenizer.padding_side = side
-        inputs = inputs.to(self.model.device)
+        # left padding: generation continues every row from its last real token
+        inputs = self.processor(
+            text=texts, images=flat or None, padding=True, padding_side="left", return_tensors="pt"
+        )
+        return inputs.to(self.model.device)
+
+    def _generate(self, inputs) -> list[str]:
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -193,7 +193,7 @@ class Agent:
                 pad_token_id=self.renderer.markers.pad,
             )
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     def read_click(self, raw: str, size: tuple[int, int]) -> Click:
         parsed = parse_click(raw)
@@ -210,7 +210,7 @@ class Agent:
                 "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}],
             }
         ]
-        raw = self._generate([prompt], [[image]])[0]
+        raw = self._generate(self._inputs([prompt], [[image]]))[0]
         return self.read_click(raw, image.size)
 
     def click_samples(self, samples: list[Sample], batch_size: int = 8, progress=None) -> list[Click]:
@@ -220,7 +220,7 @@ class Agent:
             chunk = samples[start : start + batch_size]
             prompts = [prompt_messages(self.renderer.messages(s)) for s in chunk]
             images = [[self.renderer.load_image(ref, s.base_dir) for ref in s.image_refs()] for s in chunk]
-            raws = self._generate(prompts, images)
+            raws = self._generate(self._inputs(prompts, images))
             # clicks are read in the screenshot's own pixels: a cached image is already resized, so the
             # size comes from the file's header
             sizes = [image_size(s.image_refs()[-1], s.base_dir) for s in chunk]
