@@ -69,6 +69,10 @@ def test_ablations_flip_the_default_as_it_resolves_on_the_machine():
     gpu = speed_settings(8, cuda=True, liger=True)
     assert gpu["default-checkpointing"][-1] == "train.gradient_checkpointing=false"
     assert gpu["default+liger"][-1] == "train.liger_kernel=true"
+    assert gpu["default-checkpointing-half-micro-batch"][-3:] == [
+        "train.gradient_checkpointing=false", "train.batch_size=4", "train.grad_accum=2",
+    ]  # fmt: skip
+    assert "default-checkpointing-half-micro-batch" not in cpu
     # the micro-batch divides the effective batch, so every path trains on the same samples per step
     shape = speed_settings(12)["default"][:2]
     assert shape == ["train.batch_size=6", "train.grad_accum=2"]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run on the GPU machine through the device tool, with carry [".whl", ".gpu"] (see prepare.sh):
-#   bash benchmarks/gpu/run.sh lora        seed 000's LoRA: baseline, default and the GPU ablations
-#   bash benchmarks/gpu/run.sh selective   seed 002's selection, then eval throughput batched vs 1 at a time
-#                                          (pigg bench-eval)
+#   bash benchmarks/gpu/run.sh lora        seed 000's LoRA: baseline, default and the GPU ablations (all
+#                                          screens are 1280x800, so packing has no padding to save here)
+#   bash benchmarks/gpu/run.sh selective   eval throughput batched vs 1 at a time (pigg bench-eval), then
+#                                          seed 002's selection
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -36,7 +37,7 @@ steps=(--warmup "${WARMUP:-2}" --steps "${STEPS:-5}" --repeat "${REPEAT:-2}")
 case "${1:-lora}" in
 lora)
     pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/lora" \
-        --paths "${LORA_PATHS:-baseline,default,default-checkpointing,default+liger,default+packing}"
+        --paths "${LORA_PATHS:-baseline,default,default+liger,default-checkpointing,default-checkpointing-half-micro-batch}"
     ;;
 selective)
     # eval first: it takes a minute, and the training bench may run into the call's time limit

@@ -74,6 +74,17 @@ def speed_settings(
         "default-no-image-cache": [*default, "data.image_cache=null"],
         "default+compile": [*default, "train.torch_compile=true"],
     }
+    if cuda and micro > 1:
+        # where the default micro-batch does not fit without checkpointing, half of it may, at twice the
+        # accumulation: which of the two is faster is the question checkpointing "only where memory
+        # needs it" asks
+        half = micro // 2
+        paths["default-checkpointing-half-micro-batch"] = [
+            *default,
+            "train.gradient_checkpointing=false",
+            f"train.batch_size={half}",
+            f"train.grad_accum={effective // half}",
+        ]
     if liger:
         paths["default+liger"] = [*default, "train.liger_kernel=true"]
     return paths
