@@ -37,6 +37,12 @@ def cache_folder(setting: str | bool | None) -> Path | None:
     return Path(setting).expanduser()
 
 
+def image_cache_for(setting: str | bool | None, image_processor) -> ImageCache | None:
+    """The ImageCache a `data.image_cache` setting names for this processor, or None when it is off."""
+    folder = cache_folder(setting)
+    return ImageCache(folder, image_processor) if folder is not None else None
+
+
 class ImageCache:
     def __init__(self, folder: str | Path, image_processor):
         self.folder = Path(folder).expanduser()

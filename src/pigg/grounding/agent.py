@@ -160,12 +160,11 @@ class Agent:
         """`image_cache`: a `data.image_cache` setting ("auto", a folder, None for none): screenshots
         already decoded and resized for this processor (by training, or by an earlier eval) are read
         from it, and the others are added."""
-        from pigg.data.image_cache import ImageCache, cache_folder
+        from pigg.data.image_cache import image_cache_for
 
         family = resolve_family(ref.base)
         processor = load_processor(ref.processor_from or ref.base, family)
-        folder = cache_folder(image_cache)
-        cache = ImageCache(folder, processor.image_processor) if folder is not None else None
+        cache = image_cache_for(image_cache, processor.image_processor)
         renderer = Renderer(processor, family, system_turns_of(ref), image_cache=cache)
         return cls(load_weights(ref, dtype), processor, renderer, max_new_tokens, ref.label)
 

@@ -58,10 +58,9 @@ def load_renderer(cfg: ExperimentConfig) -> tuple[Family, object, Renderer]:
     """The model's family, its processor as the config sets it up, and the Renderer built on them."""
     family = resolve_family(cfg.model.name, cfg.model.family)
     processor = load_processor(cfg.model.name, family, cfg.model.min_pixels, cfg.model.max_pixels)
-    from pigg.data.image_cache import ImageCache, cache_folder
+    from pigg.data.image_cache import image_cache_for
 
-    folder = cache_folder(cfg.data.image_cache)
-    cache = ImageCache(folder, processor.image_processor) if folder is not None else None
+    cache = image_cache_for(cfg.data.image_cache, processor.image_processor)
     renderer = Renderer(processor, family, cfg.data.system_turns, cfg.data.max_length, cache)
     return family, processor, renderer
 
