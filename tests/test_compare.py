@@ -93,4 +93,4 @@ def test_deepspeed_on_cpu_says_it_needs_a_gpu(tiny_config, tmp_path):
     config = tmp_path / "ds.json"
     config.write_text("{}")
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        train(tiny_config(f"train.deepspeed={config}"))
+        train(tiny_config("train.parallel=deepspeed", f"train.deepspeed={config}"))

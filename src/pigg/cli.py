@@ -28,6 +28,8 @@ app.add_typer(model_app, name="model")
 UserOpt = Annotated[int | None, typer.Option("--user", help="apply this user's adapter from RUN/users/ID")]
 EvalDataOpt = Annotated[str | None, typer.Option(help="data folder or .jsonl (default: the run's data.path)")]
 EvalUsersOpt = Annotated[str | None, typer.Option(help="user ids, e.g. 1-10 (default: the run's test users)")]
+# Set by `pigg train --nproc`: when the job started, so a time limit counts the launch too.
+JOB_STARTED = "PIGG_JOB_STARTED"
 ConfigArg = Annotated[Path, typer.Argument(help="recipe YAML, e.g. configs/global_lora.yaml")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")]
 
@@ -46,23 +48,41 @@ def train(
     time_limit: Annotated[
         str | None, typer.Option(help="wall-clock budget (8h, 90m, 7:30:00); sets train.time_limit")
     ] = None,
+    nproc: Annotated[
+        int, typer.Option(help="training processes on this machine, one per GPU (runs torchrun)")
+    ] = 1,
+    nnodes: Annotated[int, typer.Option(help="machines in the job (with --node-rank, --master-addr)")] = 1,
+    node_rank: Annotated[int, typer.Option(help="this machine's index among --nnodes, from 0")] = 0,
+    master_addr: Annotated[str | None, typer.Option(help="address of node 0, for several nodes")] = None,
+    master_port: Annotated[int, typer.Option(help="port on node 0 for the rendezvous")] = 29500,
 ):
-    """Train a global agent (LoRA or full fine-tuning) from a recipe.
+    """Train a global agent (LoRA, QLoRA or full fine-tuning) from a recipe, in one process or several
+    (--nproc, --nnodes; train.parallel says how they share the work).
 
     A run stopped by its time limit or by SIGTERM/SIGUSR1 saves a checkpoint and exits with code 75.
     """
-    started = time.time()
+    import os
+
+    started = float(os.environ.get(JOB_STARTED, time.time()))
     from pigg.train.run import select_gpus
 
     select_gpus(gpus)
     from pigg.config import load_config
     from pigg.train.control import EXIT_RESUMABLE
+    from pigg.train.launch import Topology, launch
     from pigg.train.run import train as run_training
 
     extra = [f"train.time_limit={time_limit}"] if time_limit else []
-    cfg = load_config(config, [*(overrides or []), *extra])
+    cfg = load_config(config, [*(overrides or []), *extra])  # a bad config stops here, before torchrun
+    topology = Topology(nproc, nnodes, node_rank, master_addr, master_port)
+    if topology.distributed:
+        os.environ[JOB_STARTED] = str(started)  # the time limit counts from this command's start
+        worker = ["train", str(config), *(overrides or []), *extra]
+        worker += ["--resume-from", str(resume_from)] if resume_from else ["--resume"] if resume else []
+        raise SystemExit(launch(topology, worker, Path(cfg.train.output_dir)))
     result = run_training(cfg, resume=str(resume_from) if resume_from else resume, started=started)
-    if result.stopped:
+    # Under torchrun a worker's non-zero exit reads as a crash: its launcher turns the summary into 75.
+    if result.stopped and "TORCHELASTIC_RUN_ID" not in os.environ:
         raise SystemExit(EXIT_RESUMABLE)
 
 

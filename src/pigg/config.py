@@ -80,6 +80,10 @@ class ModelSection(_Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
+    # QLoRA (seed 003): the LLM's linear layers loaded as bitsandbytes 4-bit NF4 with double quantization,
+    # computed in bf16 (fp32 on CPU); the vision tower, aligner, embeddings and lm_head stay unquantized.
+    # Needs LoRA on the LLM: quantized weights cannot be trained themselves.
+    quantization: Literal["nf4"] | None = None
 
 
 class DataSection(_Section):
@@ -165,8 +169,16 @@ class TrainSection(_Section):
     # is installed (Triton has no CPU backend). Off by default until the GPU bench (path default+liger)
     # has measured it: pigg's defaults are what measurably helps.
     liger_kernel: Literal["auto"] | bool = False
-    # DeepSpeed config JSON (e.g. configs/deepspeed/zero2.json); needs CUDA.
+    # How several devices share the work (docs/approaches.md). ddp: one process per device, each with a
+    # whole model (with one process: plain training); fsdp: one process per device, parameters, gradients
+    # and optimizer states sharded per LLM layer and vision block (FSDP2, CUDA); deepspeed: ZeRO from
+    # train.deepspeed (CUDA); model: one process, the layers spread over the visible GPUs (seed 003's MP).
+    # Processes are started by `pigg train --nproc N`, torchrun or accelerate launch.
+    parallel: Literal["ddp", "fsdp", "deepspeed", "model"] = "ddp"
+    # DeepSpeed config JSON (configs/deepspeed/zero2.json or zero3.json), with train.parallel=deepspeed.
     deepspeed: str | None = None
+    # train.parallel=model: the most each GPU may hold ("70GiB"); default: what each GPU has free.
+    max_memory_per_gpu: str | None = None
     seed: int = 42
     # Dataloader processes that decode and resize screenshots while the model computes. auto: one per
     # CPU core left over after the training process, at most 8 (measured: image preprocessing is most of
@@ -186,6 +198,21 @@ class TrainSection(_Section):
             return None
         parse_duration(value)
         return str(value)
+
+    @model_validator(mode="after")
+    def _parallel_consistent(self) -> TrainSection:
+        if self.deepspeed is not None and self.parallel != "deepspeed":
+            raise ValueError(
+                f"train.deepspeed={self.deepspeed} is set but train.parallel={self.parallel}; "
+                "set train.parallel=deepspeed (or remove train.deepspeed)"
+            )
+        if self.parallel == "deepspeed" and self.deepspeed is None:
+            raise ValueError(
+                "train.parallel=deepspeed needs train.deepspeed: configs/deepspeed/zero2.json or zero3.json"
+            )
+        if self.max_memory_per_gpu is not None and self.parallel != "model":
+            raise ValueError("train.max_memory_per_gpu applies to train.parallel=model only")
+        return self
 
     @property
     def time_limit_seconds(self) -> float | None:
@@ -253,6 +280,15 @@ class ExperimentConfig(_Section):
     aligner: Literal["frozen", "full", "lora"] = "frozen"
     eval: EvalSection = Field(default_factory=EvalSection)
     personalize: PersonalizeSection = Field(default_factory=PersonalizeSection)
+
+    @model_validator(mode="after")
+    def _quantized_parts_use_lora(self) -> ExperimentConfig:
+        if self.model.quantization and self.llm_method != "lora":
+            raise ValueError(
+                f"model.quantization={self.model.quantization} (QLoRA) trains LoRA on a 4-bit LLM, but the "
+                f"LLM's method is {self.llm_method}; set train.method=lora (4-bit weights cannot train)"
+            )
+        return self
 
     @property
     def llm_method(self) -> str:

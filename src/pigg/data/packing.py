@@ -63,10 +63,12 @@ class TrainingCollator:
         require_trained_tokens(encoded, samples)
         lengths = [len(e["input_ids"]) for e in encoded]
         padded = len(lengths) * max(lengths)
+        if not any("pixel_values" in e for e in encoded):
+            encoded = [*encoded, self.renderer.vision_filler()]  # see Renderer.vision_filler
         if self.pack_length is None:
             batch = pad_batch(encoded, self.renderer.markers.pad)
         else:
-            batch = self.pack(encoded, lengths)
+            batch = self.pack(encoded, [len(e["input_ids"]) for e in encoded])
         batch[STATS_KEY] = torch.tensor([sum(lengths), padded, batch["input_ids"].numel()])
         # No KV cache in training. The Trainer turns off only the top-level config's use_cache, and
         # Qwen-VL's language model reads its text_config's (true), so every training forward would fill

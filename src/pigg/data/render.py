@@ -117,6 +117,7 @@ class Renderer:
         self.markers = Markers.of(processor.tokenizer, family)
         # an ImageCache (data.image_cache): screenshots decoded and resized once, not every epoch
         self.load_image = image_cache.load if image_cache is not None else load_image
+        self._filler: dict[str, torch.Tensor] | None = None  # built on first use: vision_filler
 
     def messages(self, sample: Sample) -> list[dict[str, Any]]:
         return chat_messages(sample, self.family, self.system_turns, self.processor.image_processor)
@@ -143,6 +144,26 @@ class Renderer:
             encoded["pixel_values"] = out["pixel_values"]
             encoded["image_grid_thw"] = out["image_grid_thw"]
         return encoded
+
+    def vision_filler(self) -> dict[str, torch.Tensor]:
+        """A row holding one small blank image and no trained token, for a batch without images.
+
+        With it every process runs the vision tower at every step. Without it, a process whose batch is
+        text-only skips the tower: under FSDP and ZeRO-3 the others then wait forever for its share of the
+        tower's parameters, and under DDP its gradients never arrive. Rows do not attend to each other and
+        the filler trains no token, so the loss and the gradients are those of the real rows.
+        """
+        if self._filler is None:
+            from PIL import Image
+
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "."}]}]
+            text = render_text(self.processor, messages)
+            out = self.processor(text=[text], images=[Image.new("RGB", (32, 32))], return_tensors="pt")
+            filler = {k: out[k][0] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in out}
+            filler["labels"] = torch.full_like(filler["input_ids"], IGNORE_INDEX)
+            filler["pixel_values"], filler["image_grid_thw"] = out["pixel_values"], out["image_grid_thw"]
+            self._filler = filler
+        return self._filler
 
     def collate(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         """Encode and right-pad a batch; a batch with no trained token is an error, not a zero loss."""

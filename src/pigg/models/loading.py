@@ -124,8 +124,14 @@ def load_processor(
     return processor
 
 
-def load_model(name_or_path: str, dtype, device_map: str | dict | None = None, attn_implementation=None):
-    """The full vision-language model, weights included."""
+def load_model(
+    name_or_path: str,
+    dtype,
+    device_map: str | dict | None = None,
+    attn_implementation=None,
+    quantization_config=None,
+):
+    """The full vision-language model, weights included (quantized while loading when asked)."""
     from transformers import AutoModelForImageTextToText
 
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -133,6 +139,8 @@ def load_model(name_or_path: str, dtype, device_map: str | dict | None = None, a
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
     try:
         return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     except OSError as exc:

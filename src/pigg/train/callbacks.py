@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -44,6 +45,14 @@ def tee_output(path: Path) -> Iterator[Path]:
             yield path
         finally:
             sys.stdout, sys.stderr = old_out, old_err
+
+
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """Drop what a process other than the first prints (it would repeat rank 0's lines); errors and
+    warnings on stderr still show."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 class ProgressCallback(TrainerCallback):

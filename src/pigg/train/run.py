@@ -32,6 +32,12 @@ def select_gpus(gpus: str | None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
 
 
+def process_rank() -> tuple[int, int]:
+    """(global rank, world size) as the launcher set them (torchrun, accelerate launch, deepspeed); (0, 1)
+    in a plain process. Read from the environment, so it is known before any process group starts."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 @dataclass
 class PreparedData:
     family: Family
@@ -79,7 +85,8 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
         report = validate(samples, renderer, cfg.data.max_length)
         report.problems[:0] = read.problems
         report.checked += len(read.problems)
-        return enforce(report, cfg.data.on_error, run_dir), report.tokens
+        writer = run_dir if process_rank()[0] == 0 else None  # one process writes the skipped list
+        return enforce(report, cfg.data.on_error, writer), report.tokens
 
     train, tokens = checked(cfg.data.train_users)
     eval_samples: list[Sample] = []
@@ -135,19 +142,124 @@ def _workers(setting: str | int) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def _deepspeed(cfg: ExperimentConfig, cuda: bool) -> str | None:
-    """The DeepSpeed config path, checked: DeepSpeed runs on CUDA only, so on CPU say so plainly."""
-    if cfg.train.deepspeed is None:
-        return None
-    if not Path(cfg.train.deepspeed).is_file():
-        raise ConfigError(f"train.deepspeed: {cfg.train.deepspeed} does not exist")
-    if not cuda:
+def check_approach(cfg: ExperimentConfig, cuda: bool) -> None:
+    """Refuse, before any weights load, an approach this machine or launch cannot run as asked: pigg never
+    reports one approach while running another (the Trainer on CPU silently runs DDP when asked for FSDP)."""
+    import torch
+
+    parallel, (_, world) = cfg.train.parallel, process_rank()
+    for variable, approach in (("ACCELERATE_USE_FSDP", "fsdp"), ("ACCELERATE_USE_DEEPSPEED", "deepspeed")):
+        if os.environ.get(variable, "false").lower() == "true" and parallel != approach:
+            raise ConfigError(
+                f"launched by accelerate with {approach} ({variable}=true) but train.parallel={parallel}; "
+                f"set train.parallel={approach} so the recipe says what runs"
+            )
+    if parallel == "fsdp" and not cuda:
         raise ConfigError(
-            f"train.deepspeed={cfg.train.deepspeed} needs a CUDA GPU, and none is visible; "
-            "run on a GPU machine (launch with `deepspeed` or `torchrun`), or set train.deepspeed=null to "
-            "train without it"
+            "train.parallel=fsdp shards over CUDA GPUs and none is visible; on CPU the HF Trainer "
+            "(accelerate) would quietly run DDP instead, so pigg refuses. Use train.parallel=ddp here"
         )
-    return cfg.train.deepspeed
+    if parallel == "deepspeed":
+        if not Path(cfg.train.deepspeed).is_file():
+            raise ConfigError(f"train.deepspeed: {cfg.train.deepspeed} does not exist")
+        if not cuda:
+            raise ConfigError(
+                f"train.deepspeed={cfg.train.deepspeed} needs a CUDA GPU, and none is visible; run on a GPU "
+                "machine (`pigg train CONFIG --nproc N`), or set train.parallel=ddp to train without it"
+            )
+    if parallel == "model":
+        if world > 1:
+            raise ConfigError(
+                "train.parallel=model spreads one process's model over the GPUs; start it without --nproc "
+                f"(this launch has {world} processes). For several processes use ddp or fsdp"
+            )
+        gpus = torch.cuda.device_count() if cuda else 0
+        if gpus < 2:
+            raise ConfigError(
+                f"train.parallel=model splits the layers over several GPUs and {gpus} is visible; "
+                "choose them with --gpus 0,1 (or train.parallel=ddp on one device)"
+            )
+    if cfg.model.quantization:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("model.quantization=nf4 (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+        if parallel in ("fsdp", "deepspeed"):
+            raise ConfigError(
+                f"model.quantization=nf4 with train.parallel={parallel} is not supported; QLoRA runs "
+                "with ddp (one process per GPU) or model"
+            )
+
+
+def _device_map(cfg: ExperimentConfig, family: Family, cuda: bool):
+    """Where from_pretrained puts the weights: the balanced layer placement for model parallel, this
+    process's GPU for a quantized model (bitsandbytes quantizes while loading), else the Trainer's choice."""
+    import torch
+
+    if cfg.train.parallel == "model":
+        from pigg.models.params import meta_model
+        from pigg.models.placement import parse_memory, place_layers, placement_units
+        from pigg.models.trainable import apply_method
+
+        meta = apply_method(
+            meta_model(cfg.model.name), family, cfg.llm_method, cfg.lora, cfg.vision.method, cfg.aligner,
+            vision_blocks=cfg.vision.blocks, llm_layers=cfg.llm.layers,
+        )  # fmt: skip
+        devices = list(range(torch.cuda.device_count()))
+        if cfg.train.max_memory_per_gpu:
+            caps = {d: parse_memory(cfg.train.max_memory_per_gpu) for d in devices}
+        else:
+            caps = {d: torch.cuda.mem_get_info(d)[0] for d in devices}
+        element = torch.finfo(_precision(cfg)[1]).bits // 8
+        placement = place_layers(placement_units(meta, family, element), devices, caps)
+        print(
+            "model parallel: "
+            + ", ".join(f"GPU {d} {b / 2**30:.1f} GiB" for d, b in placement.bytes_per_device.items())
+            + " (weights, gradients, optimizer states)"
+        )
+        return placement.device_map
+    if cfg.model.quantization and cuda:
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return None
+
+
+def _quantization(cfg: ExperimentConfig, family: Family, dtype):
+    """bitsandbytes' NF4 with double quantization for the LLM's linear layers; the vision side and
+    lm_head stay in `dtype` (their module paths come from the family)."""
+    if not cfg.model.quantization:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=[family.vision_tower, family.lm_head],
+    )
+
+
+def _fsdp_arguments(cfg: ExperimentConfig, model, family: Family) -> dict:
+    """TrainingArguments for FSDP2: each LLM decoder layer and vision block its own shard unit; sharded
+    checkpoints (every rank writes its part); the final model is gathered on rank 0 (see train())."""
+    if cfg.train.parallel != "fsdp":
+        return {}
+    from pigg.models.placement import shard_unit_classes
+
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "fsdp_version": 2,
+            "transformer_layer_cls_to_wrap": shard_unit_classes(model, family),
+            "reshard_after_forward": True,
+            "state_dict_type": "SHARDED_STATE_DICT",
+        },
+    }
+
+
+def _checkpointing(cfg: ExperimentConfig, cuda: bool) -> bool:
+    setting = cfg.train.gradient_checkpointing
+    return cuda if setting == "auto" else setting
 
 
 def liger_enabled(setting: str | bool, cuda: bool) -> bool:
@@ -180,10 +292,19 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
     from pigg.models.trainable import apply_method
     from pigg.train.trainer import build_trainer
 
-    spread = (
-        cuda and torch.cuda.device_count() > 1 and not cfg.saves_adapter and "WORLD_SIZE" not in os.environ
+    model = load_model(
+        cfg.model.name,
+        dtype,
+        _device_map(cfg, data.family, cuda),
+        cfg.model.attn_implementation,
+        _quantization(cfg, data.family, dtype),
     )
-    model = load_model(cfg.model.name, dtype, "auto" if spread else None, cfg.model.attn_implementation)
+    if cfg.model.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        # norms and other unquantized weights in float32 for stable training, inputs that carry gradients
+        # into the checkpointed blocks; the 4-bit weights stay frozen
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=_checkpointing(cfg, cuda))
     model = apply_method(
         model,
         data.family,
@@ -209,16 +330,18 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=not cuda,
-        activation_checkpointing=cuda
-        if cfg.train.gradient_checkpointing == "auto"
-        else cfg.train.gradient_checkpointing,
+        activation_checkpointing=_checkpointing(cfg, cuda),
         activation_checkpointing_kwargs={"use_reentrant": False},
         save_strategy="steps",
         save_steps=cfg.train.save_steps,
         save_total_limit=cfg.train.save_total_limit,
         eval_strategy="steps" if data.eval else "no",
         eval_steps=(cfg.train.eval_steps or cfg.train.save_steps) if data.eval else None,
-        deepspeed=_deepspeed(cfg, cuda),
+        deepspeed=cfg.train.deepspeed,
+        # Every trained parameter gets a gradient at every step (text-only batches run the vision tower
+        # on a filler image: Renderer.vision_filler), so DDP need not search the graph for unused ones.
+        ddp_find_unused_parameters=False,
+        **_fsdp_arguments(cfg, model, data.family),
         torch_compile=cfg.train.torch_compile,
         use_liger_kernel=liger_enabled(cfg.train.liger_kernel, cuda),
         train_sampling_strategy="group_by_length" if cfg.train.group_by_length else "random",
@@ -243,7 +366,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         model,
         data.renderer,
         data.train,
-        cfg.train.batch_size * cfg.train.grad_accum * int(os.environ.get("WORLD_SIZE", 1)),
+        cfg.train.batch_size * cfg.train.grad_accum * process_rank()[1],
         eval_samples=data.eval,
         processor=data.processor,
         tensorboard_dir=Path(arguments["output_dir"]) / "tensorboard" if board else None,
@@ -289,21 +412,25 @@ def train(
     from transformers import set_seed
 
     from pigg.models.trainable import count_parameters, trainable_line
-    from pigg.train.callbacks import tee_output
+    from pigg.train.callbacks import quiet_output, tee_output
     from pigg.train.control import RunControl, clock, resume_point
 
     started = time.time() if started is None else started
     run_dir = Path(cfg.train.output_dir)
+    rank, world = process_rank()
+    main = rank == 0  # only the first process writes the log, the run folder and TensorBoard
     stamp = time.strftime("%Y%m%d_%H%M%S")
     log_path = Path(log_dir or cfg.train.log_dir) / f"{cfg.name}_{cfg.train.method}_{stamp}.log"
-    with tee_output(log_path):
+    with tee_output(log_path) if main else quiet_output():
         print(f"pigg train: run '{cfg.name}', method {cfg.train.method}, model {cfg.model.name}")
         print(f"log file: {log_path}")
+        if world > 1:
+            print(f"{world} processes, train.parallel={cfg.train.parallel}")
         checkpoint = resume_point(run_dir, resume)
         if checkpoint is not None:
             print(f"resuming from {checkpoint}")
         cuda, dtype = _precision(cfg)
-        _deepspeed(cfg, cuda)  # a CPU-only machine hears it now, before any weights load
+        check_approach(cfg, cuda)  # a machine that cannot run it hears it now, before any weights load
         liger = liger_enabled(cfg.train.liger_kernel, cuda)
         if cuda:
             print(
@@ -329,19 +456,20 @@ def train(
         if limit:
             print(f"time limit {clock(limit)}: a checkpoint is saved before it, then the run stops")
 
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_CONFIG).write_text(cfg.to_yaml())
-        # Until this job ends, the run is running: a stale "stopped" summary must not requeue a crashed job.
-        (run_dir / RUN_SUMMARY).write_text(
-            json.dumps(
-                {
-                    "run": cfg.name,
-                    "status": "running",
-                    "method": "lora" if cfg.saves_adapter else "full",
-                    "base_model": cfg.model.name,
-                }
+        if main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RUN_CONFIG).write_text(cfg.to_yaml())
+            # Until this job ends the run is running: a stale "stopped" summary must not requeue a crash.
+            (run_dir / RUN_SUMMARY).write_text(
+                json.dumps(
+                    {
+                        "run": cfg.name,
+                        "status": "running",
+                        "method": "lora" if cfg.saves_adapter else "full",
+                        "base_model": cfg.model.name,
+                    }
+                )
             )
-        )
         control.install()
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -355,6 +483,9 @@ def train(
             "method": "lora" if cfg.saves_adapter else "full",
             "base_model": cfg.model.name,
             "family": data.family.name,
+            "parallel": cfg.train.parallel,
+            "world_size": world,
+            "quantization": cfg.model.quantization,
             "train_samples": len(data.train),
             "trainable_params": count_parameters(model)[0],
             "steps": trainer.state.global_step,
@@ -372,14 +503,18 @@ def train(
             summary["stop_reason"] = control.reason
             summary["checkpoint"] = str(run_dir / f"checkpoint-{trainer.state.global_step}")
             summary["resume_command"] = f"pigg train {run_dir / RUN_CONFIG} --resume"
-            (run_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
+            if main:
+                (run_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
             print(
                 f"stopped at step {summary['steps']}/{summary['max_steps']} ({control.reason}); "
                 f"saved {summary['checkpoint']}. Resume with:\n  {summary['resume_command']}"
             )
             return TrainResult(summary, trainer.model)
-        trainer.save_model(str(run_dir))
-        (run_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
+        if trainer.is_fsdp_enabled:  # the final model is one from_pretrained folder, not shards
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(run_dir))  # every process takes part (FSDP, ZeRO-3 gather); rank 0 writes
+        if main:
+            (run_dir / RUN_SUMMARY).write_text(json.dumps(summary, indent=2))
         print(
             f"done: {summary['steps']} steps in {summary['train_seconds']}s; loss {summary['first_loss']:.4f} "
             f"-> {summary['last_loss']:.4f}; saved to {run_dir}"
