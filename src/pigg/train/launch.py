@@ -1,7 +1,7 @@
 """Several training processes on torchrun: `pigg train CONFIG --nproc N [--nnodes M ...]`.
 
-pigg starts no process group of its own: it runs torch's own launcher (`python -m torch.distributed.run`,
-what the `torchrun` command is) with `python -m pigg train ...` as the worker command, and everything
+pigg starts no process group of its own: it runs torch's own launcher (torch.distributed.run, what the
+`torchrun` command is, in a process of its own) with `python -m pigg train ...` as the worker command, and everything
 distributed (process groups, DDP, FSDP, DeepSpeed) is the Trainer's and accelerate's. What this module adds
 is the part torchrun lacks for long jobs:
 
@@ -65,13 +65,30 @@ def torchrun_command(topology: Topology, worker_args: list[str]) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "pigg.train.launch",  # torchrun's own run(), see _torchrun below
         *where,
         f"--nproc_per_node={topology.nproc}",
         "-m",
         "pigg",
         *worker_args,
     ]
+
+
+def _torchrun(argv: list[str]) -> int:
+    """torch.distributed.run's `run` on torchrun's arguments: a failed training process is reported in one
+    line (it printed its own error), where torchrun's `main` would add a traceback of its own."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        print(f"pigg: training process {rank} (pid {failure.pid}) ended with {how}", file=sys.stderr)
+        return code if code > 0 else 1
+    return 0
 
 
 def _workers(launcher_pid: int) -> list:
@@ -117,3 +134,7 @@ def launch(topology: Topology, worker_args: list[str], run_dir: Path) -> int:
     if summary.is_file() and json.loads(summary.read_text()).get("status") == "stopped":
         return EXIT_RESUMABLE
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_torchrun(sys.argv[1:]))
