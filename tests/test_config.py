@@ -10,8 +10,9 @@ MINIMAL = {"model": {"name": "m"}, "data": {"path": "d"}}
 
 
 def test_every_shipped_recipe_validates():
-    recipes = sorted((REPO / "configs").rglob("*.yaml"))
-    assert len(recipes) >= 3
+    # configs/accelerate holds accelerate's launch configs, loaded by test_approaches
+    recipes = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
+    assert len(recipes) >= 15
     for recipe in recipes:
         assert isinstance(load_config(recipe), ExperimentConfig), recipe
 

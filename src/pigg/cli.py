@@ -116,12 +116,27 @@ def params(
     config: ConfigArg,
     overrides: Overrides = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    approaches: Annotated[
+        bool,
+        typer.Option(
+            "--approaches",
+            help="memory per GPU of LoRA, QLoRA, DDP, full, MP, FSDP, ZeRO-2/3 (weights, gradients, optimizer)",
+        ),
+    ] = False,
 ):
     """Which parts train, how, and their parameter counts, from the model's config alone (meta device)."""
     from pigg.config import load_config
+
+    cfg = load_config(config, overrides)
+    if approaches:
+        from pigg.models import memory
+
+        report = memory.approach_memory(cfg)
+        print(memory.to_json(report) if as_json else memory.markdown(report))
+        return
     from pigg.models.params import markdown, parameter_report, to_json
 
-    report = parameter_report(load_config(config, overrides))
+    report = parameter_report(cfg)
     print(to_json(report) if as_json else markdown(report))
 
 

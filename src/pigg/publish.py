@@ -41,6 +41,15 @@ def merge_run(
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")
     print(f"merging {len(ref.adapters)} adapter(s) into {ref.base} in {dtype}")
+    summary = ref.run_dir / "pigg_run.json" if ref.run_dir is not None else None
+    quantized = json.loads(summary.read_text()).get("quantization") if summary and summary.exists() else None
+    if quantized:
+        # An adapter cannot be merged into 4-bit weights without rounding it away: it goes into the base's
+        # own full-precision weights, as QLoRA's authors merge, which the adapter never saw in training.
+        print(
+            f"note: this adapter was trained on the {quantized}-quantized base (QLoRA); it is merged into the "
+            f"base's unquantized {dtype} weights, so answers can differ slightly from the 4-bit model's"
+        )
     model = load_weights(ref, getattr(torch, dtype))
     model.save_pretrained(str(out), max_shard_size=max_shard_size)
     load_processor(ref.processor_from, resolve_family(ref.base)).save_pretrained(str(out))
@@ -49,6 +58,8 @@ def merge_run(
         if run is not None and (run / name).exists():
             shutil.copy2(run / name, out / name)
     info = {"base_model": base_of(ref).base, "adapters": list(ref.adapters), "dtype": dtype}
+    if quantized:
+        info["adapter_trained_on"] = quantized
     (out / MERGE_INFO).write_text(json.dumps(info, indent=2))
     return out
 
