@@ -80,9 +80,20 @@ def test_sbatch_script_resumes_forwards_the_signal_and_requeues(tiny_config, tmp
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0  # valid bash
 
     multi = sbatch_script(config, gpus=4, time="2d")
-    assert "#SBATCH --time=2-00:00:00" in multi
-    assert "torchrun --standalone --nproc_per_node=4 -m pigg.cli train" in multi
-    assert 'pkill -USR1 -P "$PID"' in multi  # torchrun does not forward SIGUSR1 itself
+    assert "#SBATCH --time=2-00:00:00" in multi and "#SBATCH --nodes=1" in multi
+    assert f"pigg train {config} --resume --time-limit 172800 --nproc 4 &" in multi
+    assert 'kill -USR1 "$PID"' in multi  # pigg's launcher hands it to its training processes
+
+    nodes = sbatch_script(config, gpus=8, nodes=4, time="2d")
+    assert "#SBATCH --nodes=4" in nodes and "#SBATCH --gpus-per-node=8" in nodes
+    assert 'export HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in nodes
+    # srun forwards the signal to one launcher per node; each expands its own $SLURM_NODEID
+    assert (
+        f"srun --ntasks-per-node=1 bash -c 'exec pigg train {config} --resume --time-limit 172800 --nproc 8 "
+        "--nnodes 4 --node-rank $SLURM_NODEID --master-addr $HEAD --master-port 29500' &"
+    ) in nodes
+    path.write_text(nodes)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     with pytest.raises(ValueError, match="signal-before"):
         sbatch_script(config, time="4m", signal_before=300)
 

@@ -219,7 +219,8 @@ def bench_eval(
 def sbatch(
     config: ConfigArg,
     overrides: Overrides = None,
-    gpus: Annotated[int, typer.Option(help="GPUs on one node; more than 1 runs torchrun (DDP)")] = 1,
+    gpus: Annotated[int, typer.Option(help="GPUs per node; more than 1 runs --nproc (torchrun)")] = 1,
+    nodes: Annotated[int, typer.Option(help="nodes; more than 1 runs one launcher per node with srun")] = 1,
     time_: Annotated[
         str | None, typer.Option("--time", help="job time (8h, 7:30:00); default train.time_limit or 8h")
     ] = None,
@@ -235,7 +236,7 @@ def sbatch(
 
     try:
         script = sbatch_script(
-            config, overrides, gpus, time_, signal_before, partition, account, cpus_per_gpu, mem
+            config, overrides, gpus, time_, nodes, signal_before, partition, account, cpus_per_gpu, mem
         )
     except ValueError as exc:
         raise PiggError(str(exc)) from None
