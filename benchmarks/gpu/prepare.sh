@@ -19,10 +19,12 @@ wheels=(
     $(pinned 'pydantic|pydantic_core|annotated-types|typing-inspection|typing_extensions')
     $(pinned 'typer|click|annotated-doc|rich|transformers|tokenizers|peft|regex')
     liger-kernel==0.8.5
+    $(pinned 'bitsandbytes')
 )
 rm -rf .whl && mkdir .whl
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 \
     -d .whl "${wheels[@]}"
 assets=${ASSETS:-../shared/assets}
 rm -rf .gpu && mkdir .gpu

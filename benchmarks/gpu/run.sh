@@ -4,6 +4,8 @@
 #                                          screens are 1280x800, so packing has no padding to save here)
 #   bash benchmarks/gpu/run.sh selective   eval throughput batched vs 1 at a time (pigg bench-eval), then
 #                                          seed 002's selection
+#   bash benchmarks/gpu/run.sh approaches  seed 003 on one GPU: LoRA vs QLoRA vs full, then the computed
+#                                          memory per approach (pigg params --approaches) beside it
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -46,8 +48,13 @@ selective)
     pigg bench configs/seed002_last6_lora.yaml "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
         --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default+liger}"
     ;;
+approaches)
+    pigg params configs/seed003/lora.yaml model.name="$model" --approaches | tee "$OUT/approaches_memory.md"
+    pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/approaches" \
+        --paths "${APPROACH_PATHS:-baseline,default,approach-qlora,approach-full}"
+    ;;
 *)
-    echo "usage: run.sh lora|selective" >&2
+    echo "usage: run.sh lora|selective|approaches" >&2
     exit 2
     ;;
 esac

@@ -29,7 +29,9 @@ from pigg.train.measure import PeakMemory, human_bytes, machine_line, machine_re
 
 # Paths run only when named in --paths: torch.compile recompiles for every new sequence length on CPU
 # and takes minutes.
-OPT_IN = ("default+compile",)
+# Not run unless named: compile is slow to start; the approaches change what is trained or how the weights
+# are stored, so they answer "what does QLoRA or full training cost", not "is the default fast".
+OPT_IN = ("default+compile", "approach-qlora", "approach-full")
 
 OOM = "out of memory"
 
@@ -73,6 +75,9 @@ def speed_settings(
         "default+length-grouping": [*default, "train.group_by_length=true"],
         "default-no-image-cache": [*default, "data.image_cache=null"],
         "default+compile": [*default, "train.torch_compile=true"],
+        # seed 003's single-GPU approaches beside the (LoRA) default: the same samples and batch
+        "approach-qlora": [*default, "model.quantization=nf4"],
+        "approach-full": [*default, "train.method=full"],
     }
     if cuda and micro > 1:
         # where the default micro-batch does not fit without checkpointing, half of it may, at twice the
