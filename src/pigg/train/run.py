@@ -290,6 +290,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
     from pigg.models.trainable import apply_method
     from pigg.train.trainer import build_trainer
 
+    check_approach(cfg, cuda)  # also for `pigg plan` and `pigg bench`, which come here directly
     model = load_model(
         cfg.model.name,
         dtype,
