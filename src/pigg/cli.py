@@ -348,11 +348,19 @@ def model_tiny(
     family: Annotated[str, typer.Argument(help="qwen3-vl or qwen2.5-vl")],
     out: Annotated[Path, typer.Argument(help="folder for the Hugging Face model")],
     seed: int = 0,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="a real model folder whose tokenizer, template and processor (full vocabulary) to use"
+        ),
+    ] = None,
 ):
-    """Build a tiny random-weight model of a real architecture, with its own tokenizer and template."""
+    """Build a tiny random-weight model of a real architecture, with its own tokenizer and template (or a
+    real model's, with --tokenizer)."""
     from pigg.models.tiny import build_tiny
 
-    print(f"wrote tiny {family} model to {build_tiny(family, out, seed)}")
+    folder = build_tiny(family, out, seed, tokenizer=str(tokenizer) if tokenizer else None)
+    print(f"wrote tiny {family} model to {folder}")
 
 
 @model_app.command("random")

@@ -169,6 +169,12 @@ class TrainSection(_Section):
     # is installed (Triton has no CPU backend). Off by default until the GPU bench (path default+liger)
     # has measured it: pigg's defaults are what measurably helps.
     liger_kernel: Literal["auto"] | bool = False
+    # Where the output layer (152k logits per position on Qwen) runs, docs/benchmarks.md: labelled: only at
+    # trained positions (an answer's ~10 tokens of ~1,000), same loss and gradients; chunked: the same,
+    # its cross-entropy a chunk at a time, recomputed in backward; all: every position (the stock loss,
+    # or Liger's fused kernel when on); auto: all with Liger, else labelled, chunked above ~67M logits a
+    # micro-batch (never chunked under FSDP or DeepSpeed).
+    logits: Literal["auto", "labelled", "chunked", "all"] = "auto"
     # How several devices share the work (docs/approaches.md). ddp: one process per device, each with a
     # whole model (with one process: plain training); fsdp: one process per device, parameters, gradients
     # and optimizer states sharded per LLM layer and vision block (FSDP2, CUDA); deepspeed: ZeRO from
@@ -209,6 +215,11 @@ class TrainSection(_Section):
         if self.parallel == "deepspeed" and self.deepspeed is None:
             raise ValueError(
                 "train.parallel=deepspeed needs train.deepspeed: configs/deepspeed/zero2.json or zero3.json"
+            )
+        if self.logits == "chunked" and self.parallel in ("fsdp", "deepspeed"):
+            raise ValueError(
+                f"train.logits=chunked reads lm_head's weight outside its forward, which train.parallel="
+                f"{self.parallel} shards; use train.logits=labelled (or auto)"
             )
         if self.max_memory_per_gpu is not None and self.parallel != "model":
             raise ValueError("train.max_memory_per_gpu applies to train.parallel=model only")

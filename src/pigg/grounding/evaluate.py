@@ -18,6 +18,7 @@ from pigg.data.sample import Sample
 from pigg.grounding.agent import Agent, Click, ModelRef
 from pigg.grounding.metrics import DEFAULT_RADIUS, ClickScore, breakdown, score_click
 from pigg.progress import progress_bar
+from pigg.train.loss import causal_lm_loss
 
 
 @dataclass
@@ -78,8 +79,11 @@ def eval_loss(model, renderer: Renderer, samples: list[Sample], batch_size: int)
         for start in range(0, len(samples), batch_size):
             batch = renderer.collate(samples[start : start + batch_size])
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            total += float(model(**batch, use_cache=False).loss) * count
+            labels = batch.pop("labels")
+            count = int((labels[:, 1:] != IGNORE_INDEX).sum())
+            # the output layer at answer positions only, as in training (pigg.train.loss)
+            loss, _ = causal_lm_loss(model, {**batch, "use_cache": False}, labels)
+            total += float(loss) * count
             tokens += count
     model.train(was_training)
     return total / tokens

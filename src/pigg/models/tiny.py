@@ -7,7 +7,8 @@
 
 They load through exactly the same `from_pretrained` path as Qwen/Qwen3-VL-8B-Instruct, so tests and the
 demo exercise the real code. The tokenizer is small (about 1k tokens) because with the real 152k
-vocabulary the embeddings and output layer would be ~98% of the model and dominate step time on CPU.
+vocabulary the embeddings and output layer would be ~98% of the model and dominate step time on CPU; a
+real tokenizer folder gives the real vocabulary instead (`--tokenizer`), for measuring exactly that.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ def build_tokenizer(vocab_size: int = 1024):
     )
 
 
-def _shrunk_config(tokenizer, text: dict, vision: dict) -> dict:
+def _shrunk_config(tokenizer, text: dict, vision: dict, vocab_size: int | None = None) -> dict:
     """Config kwargs both tiny families share: hidden 128, 4 layers, 4 heads (head_dim 32), a 2-block
-    vision tower of width 64, and the token ids looked up in pigg's tokenizer; `text`/`vision` add the
-    family's own keys."""
+    vision tower of width 64, and the token ids looked up in the tokenizer; `text`/`vision` add the
+    family's own keys. `vocab_size` defaults to the tokenizer's length."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return {
         "text_config": {
@@ -94,7 +95,7 @@ def _shrunk_config(tokenizer, text: dict, vision: dict) -> dict:
             "num_hidden_layers": 4,
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
+            "vocab_size": vocab_size or len(tokenizer),
             "max_position_embeddings": 4096,
             "rope_theta": 10000.0,
             "bos_token_id": ids["<|endoftext|>"],
@@ -122,12 +123,13 @@ def _shrunk_config(tokenizer, text: dict, vision: dict) -> dict:
     }
 
 
-def _qwen3_vl_config(tokenizer):
+def _qwen3_vl_config(tokenizer, vocab_size=None):
     from transformers import Qwen3VLConfig
 
     return Qwen3VLConfig(
         **_shrunk_config(
             tokenizer,
+            vocab_size=vocab_size,
             # mrope sections must sum to head_dim / 2 (real model: 24+20+20 for head_dim 128).
             text={
                 "head_dim": 32,
@@ -143,12 +145,13 @@ def _qwen3_vl_config(tokenizer):
     )
 
 
-def _qwen2_5_vl_config(tokenizer):
+def _qwen2_5_vl_config(tokenizer, vocab_size=None):
     from transformers import Qwen2_5_VLConfig
 
     return Qwen2_5_VLConfig(
         **_shrunk_config(
             tokenizer,
+            vocab_size=vocab_size,
             # head_dim is 128/4 = 32: mrope sections sum to 16 (real model: 16+24+24 for head_dim 128).
             text={"rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}},
             vision={"patch_size": 14, "window_size": 56, "fullatt_block_indexes": [1]},
@@ -163,24 +166,45 @@ _TINY = {
 }
 
 
-def build_tiny(family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256) -> Path:
-    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl") to `out`; return the folder."""
+def build_tiny(
+    family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256, tokenizer: str | None = None
+) -> Path:
+    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl") to `out`; return the folder.
+
+    `tokenizer`: a real model's folder (tokenizer, chat template, processor config; no weights needed,
+    e.g. ../shared/assets/qwen3-vl-8b-instruct). The tiny model then takes that processor as it is and the
+    real vocabulary (the folder's config.json's vocab_size when there is one): the shape the field's tests
+    use, where the 152k-token embeddings and output layer are ~98% of the model and most of a step."""
+    import json
+
     import transformers
 
-    from pigg.models.loading import _image_only
+    from pigg.models.loading import _image_only, load_processor, resolve_family
 
     if family not in _TINY:
         raise ValueError(f"no tiny model for {family!r}; available: {', '.join(_TINY)}")
     make_config, model_cls, proc_cls, patch = _TINY[family]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
-    config = make_config(tokenizer)
+    if tokenizer is not None:
+        real = Path(tokenizer)
+        processor = load_processor(str(real), resolve_family(str(real)))
+        vocab = None
+        if (real / "config.json").exists():
+            raw = json.loads((real / "config.json").read_text())
+            vocab = raw.get("text_config", raw).get("vocab_size")
+        config = make_config(processor.tokenizer, vocab or len(processor.tokenizer))
+    else:
+        processor, small = None, build_tokenizer()
+        config = make_config(small)
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).to(torch.float32)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
+        return out
 
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -193,7 +217,7 @@ def build_tiny(family: str, out: str | Path, seed: int = 0, max_pixels: int = 25
         size={"shortest_edge": (2 * patch) ** 2 * 4, "longest_edge": max_pixels},
     )
     processor = _image_only(getattr(transformers, proc_cls))(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
+        image_processor=image_processor, tokenizer=small, chat_template=CHAT_TEMPLATE
     )
     processor.save_pretrained(out)
     return out

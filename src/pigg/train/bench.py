@@ -54,6 +54,7 @@ def speed_settings(
         f"data.packing={DataSection.model_fields['packing'].default}",
         f"train.num_workers={defaults.num_workers}",
         f"train.liger_kernel={defaults.liger_kernel}",
+        f"train.logits={defaults.logits}",
         f"data.image_cache={image_cache}",
     ]
     checkpointing = "default-checkpointing" if cuda else "default+checkpointing"
@@ -65,6 +66,7 @@ def speed_settings(
             "data.packing=false",
             "train.num_workers=0",
             "train.liger_kernel=false",
+            "train.logits=all",
             "data.image_cache=null",
         ],
         "default": default,
@@ -74,6 +76,8 @@ def speed_settings(
         checkpointing: [*default, f"train.gradient_checkpointing={str(not cuda).lower()}"],
         "default+length-grouping": [*default, "train.group_by_length=true"],
         "default-no-image-cache": [*default, "data.image_cache=null"],
+        "default-full-logits": [*default, "train.logits=all"],
+        "default+chunked-loss": [*default, "train.logits=chunked"],
         "default+compile": [*default, "train.torch_compile=true"],
         # seed 003's single-GPU approaches beside the (LoRA) default: the same samples and batch
         "approach-qlora": [*default, "model.quantization=nf4"],

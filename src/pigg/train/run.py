@@ -373,6 +373,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         family=data.family,
         collator=collator,
         sample_lengths=lengths,
+        logits=cfg.train.logits,
         learning_rates={
             "llm": cfg.train.learning_rate,
             "vision": cfg.train.vision_lr or cfg.train.learning_rate,

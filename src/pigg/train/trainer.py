@@ -45,13 +45,41 @@ class PiggTrainer(Trainer):
         family=None,
         learning_rates: dict[str, float] | None = None,
         sample_lengths: list[int] | None = None,
+        logits: str = "auto",
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.family = family
         self.learning_rates = learning_rates
         self.sample_lengths = sample_lengths
+        self.logits = logits  # train.logits: where the output layer runs (pigg.train.loss)
+        self.loss_modes: set[str] = set()  # the modes that ran, for the log
         self.add_callback(_ThroughputClock(self))
+
+    # -- the output layer only where labels are (pigg.train.loss) -------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from pigg.train.loss import causal_lm_loss, next_token_targets, output_layer, resolve_mode
+
+        labels = inputs.get("labels")
+        if labels is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        trained = int((next_token_targets(labels) != -100).sum())
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        vocab = output_layer(self.model).out_features
+        mode = resolve_mode(self.logits, self.args.use_liger_kernel, sharded, trained, vocab)
+        if mode not in self.loss_modes:
+            self.loss_modes.add(mode)
+            if self.is_world_process_zero():
+                print(f"output layer: {describe_mode(mode, self.args.use_liger_kernel)}", flush=True)
+        if mode == "all":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        loss, outputs = causal_lm_loss(model, inputs, labels, num_items_in_batch, mode)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # as the stock loss: DDP averages gradients over ranks, and this loss is already a share of
+            # the whole step's trained tokens
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return (loss, outputs) if return_outputs else loss
 
     # -- one learning rate per part (vision, aligner, llm); no decay on biases and norms -----------
     def create_optimizer(self, model=None):
@@ -149,6 +177,15 @@ class PiggTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def describe_mode(mode: str, liger: bool) -> str:
+    return {
+        "all": "logits at every position, "
+        + ("Liger's fused linear cross-entropy" if liger else "the model's own loss (train.logits=all)"),
+        "labelled": "logits only at trained positions",
+        "chunked": "logits only at trained positions, cross-entropy in chunks recomputed in backward",
+    }[mode]
+
+
 class _ThroughputClock(TrainerCallback):
     """Starts the first throughput interval when training does (after a resume: at the resumed step)."""
 
@@ -172,6 +209,7 @@ def build_trainer(
     learning_rates: dict[str, float] | None = None,
     collator: TrainingCollator | None = None,
     sample_lengths: list[int] | None = None,
+    logits: str = "auto",
     **arguments,
 ) -> PiggTrainer:
     """A PiggTrainer over pigg samples; progress is pigg's one-line-per-log ProgressCallback instead of the
@@ -185,6 +223,8 @@ def build_trainer(
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=True,
+        # evaluation reports the loss only: without this the Trainer gathers every eval batch's logits
+        prediction_loss_only=True,
         **arguments,
     )
     extra = list(callbacks or [])
@@ -203,6 +243,7 @@ def build_trainer(
         family=family,
         learning_rates=learning_rates,
         sample_lengths=sample_lengths,
+        logits=logits,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
