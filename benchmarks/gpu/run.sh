@@ -6,6 +6,9 @@
 #                                          seed 002's selection
 #   bash benchmarks/gpu/run.sh approaches  seed 003 on one GPU: LoRA vs QLoRA vs full, then the computed
 #                                          memory per approach (pigg params --approaches) beside it
+#   bash benchmarks/gpu/run.sh logits      the output layer: seed recipe, default (logits only at trained
+#                                          positions), default with full logits, chunked; then the largest
+#                                          micro-batch without checkpointing, with and without full logits
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -53,8 +56,25 @@ approaches)
     pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/approaches" \
         --paths "${APPROACH_PATHS:-baseline,default,approach-qlora,approach-full}"
     ;;
+logits)
+    pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/logits" \
+        --paths "${LOGITS_PATHS:-baseline,default,default-full-logits,default+chunked-loss}"
+    # each micro-batch in a process of its own: an out-of-memory ends that one, and the next logits mode
+    # starts over
+    for logits in labelled all; do
+        for micro in ${MICRO_BATCHES:-8 16 32 64}; do
+            echo "## train.logits=$logits, micro-batch $micro, no checkpointing" >>"$OUT/micro_batch.md"
+            if ! pigg plan configs/global_lora.yaml "${on_data[@]}" train.batch_size="$micro" train.grad_accum=1 \
+                train.gradient_checkpointing=false train.logits="$logits" --warmup 1 --steps 2 \
+                >>"$OUT/micro_batch.md" 2>>"$OUT/micro_batch_errors.txt"; then
+                echo "does not fit (see micro_batch_errors.txt)" >>"$OUT/micro_batch.md"
+                break
+            fi
+        done
+    done
+    ;;
 *)
-    echo "usage: run.sh lora|selective|approaches" >&2
+    echo "usage: run.sh lora|selective|approaches|logits" >&2
     exit 2
     ;;
 esac

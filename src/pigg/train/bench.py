@@ -78,6 +78,7 @@ def speed_settings(
         "default-no-image-cache": [*default, "data.image_cache=null"],
         "default-full-logits": [*default, "train.logits=all"],
         "default+chunked-loss": [*default, "train.logits=chunked"],
+        "default+labelled-loss": [*default, "train.logits=labelled"],
         "default+compile": [*default, "train.torch_compile=true"],
         # seed 003's single-GPU approaches beside the (LoRA) default: the same samples and batch
         "approach-qlora": [*default, "model.quantization=nf4"],
