@@ -14,7 +14,7 @@ from pigg.data.sources import read_samples
 from pigg.models.families import QWEN3_VL
 from pigg.models.loading import load_model
 from pigg.models.trainable import apply_method
-from pigg.train.loss import CHUNK_ELEMENTS, causal_lm_loss, resolve_mode
+from pigg.train.loss import AUTO_CHUNK_ELEMENTS, causal_lm_loss, resolve_mode
 from pigg.train.run import load_renderer, train
 
 
@@ -101,7 +101,8 @@ def test_training_with_and_without_full_logits_takes_the_same_steps(tiny_config,
 def test_auto_picks_labelled_chunked_or_the_fused_kernel():
     vocab = 151_936
     assert resolve_mode("auto", liger=False, sharded=False, trained_positions=80, vocab=vocab) == "labelled"
-    many = CHUNK_ELEMENTS // vocab + 1
+    many = AUTO_CHUNK_ELEMENTS // vocab + 1
+    assert resolve_mode("auto", False, False, many - 1, vocab) == "labelled"
     assert resolve_mode("auto", False, False, many, vocab) == "chunked"
     assert resolve_mode("auto", False, True, many, vocab) == "labelled"  # FSDP/ZeRO: never chunked
     assert resolve_mode("auto", True, False, 80, vocab) == "all"  # Liger's fused loss needs the labels

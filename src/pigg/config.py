@@ -172,8 +172,8 @@ class TrainSection(_Section):
     # Where the output layer (152k logits per position on Qwen) runs, docs/benchmarks.md: labelled: only at
     # trained positions (an answer's ~10 tokens of ~1,000), same loss and gradients; chunked: the same,
     # its cross-entropy a chunk at a time, recomputed in backward; all: every position (the stock loss,
-    # or Liger's fused kernel when on); auto: all with Liger, else labelled, chunked above ~67M logits a
-    # micro-batch (never chunked under FSDP or DeepSpeed).
+    # or Liger's fused kernel when on); auto: all with Liger, else labelled, chunked above 2**28 logits
+    # (1 GiB of float32) a micro-batch: chunking saves memory at some speed (never under FSDP/DeepSpeed).
     logits: Literal["auto", "labelled", "chunked", "all"] = "auto"
     # How several devices share the work (docs/approaches.md). ddp: one process per device, each with a
     # whole model (with one process: plain training); fsdp: one process per device, parameters, gradients

@@ -25,8 +25,12 @@ from torch.utils.checkpoint import checkpoint
 
 from pigg.data.render import IGNORE_INDEX
 
-# `auto` switches from `labelled` to `chunked` when a step's trained logits would exceed this many
-# elements (256 MiB in float32, and as much again for their gradient); a chunk holds about as many.
+# `auto` switches from `labelled` to `chunked` when a micro-batch's trained logits would exceed this many
+# elements (1 GiB in float32, and as much again for their gradient). Measured on CPU (docs/benchmarks.md,
+# ~1,000 trained tokens a micro-batch, 152k vocabulary): chunked was 27% slower than labelled and saved
+# 1.0 GB of 2.7, and at 2**26 `auto` fell to 0.88x the seed recipe there; chunking is for memory only.
+AUTO_CHUNK_ELEMENTS = 2**28
+# logits in one chunk: 256 MiB of float32
 CHUNK_ELEMENTS = 2**26
 
 
@@ -110,7 +114,7 @@ def resolve_mode(setting: str, liger: bool, sharded: bool, trained_positions: in
     if setting == "all" or (setting == "auto" and liger):
         return "all"
     if setting == "chunked" or (
-        setting == "auto" and not sharded and trained_positions * vocab > CHUNK_ELEMENTS
+        setting == "auto" and not sharded and trained_positions * vocab > AUTO_CHUNK_ELEMENTS
     ):
         return "chunked"
     return "labelled"
