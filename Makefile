@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test fuzz lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ format: setup
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the readers' property-based fuzzing at length (2,000 examples a property instead of test's 40)
+fuzz: setup
+	$(BIN)/python -m pytest -q tests/test_fuzz_data.py --hypothesis-profile=fuzz --hypothesis-show-statistics
 
 clean:
 	rm -rf $(VENV) demo_out runs logs

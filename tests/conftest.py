@@ -16,8 +16,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["PIGG_CACHE"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pigg_test_cache_{os.getpid()}")
 
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 torch.set_num_threads(1)
+
+# Property-based fuzzing of the readers (test_fuzz_data.py): a bounded run in `make test`, the long one with
+# `make fuzz` (pytest --hypothesis-profile=fuzz). The deadline is the "no hang" part of the property.
+settings.register_profile("default", max_examples=40, deadline=10_000, print_blob=True)
+settings.register_profile("fuzz", max_examples=2000, deadline=10_000, print_blob=True)
+settings.load_profile("default")
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 REPO = Path(__file__).resolve().parents[1]

@@ -490,14 +490,34 @@ def _resume_path_option(argv: list[str]) -> list[str]:
     return out
 
 
+REPORT_TO = "https://github.com/pigg-project/pigg/issues"
+
+
 def main() -> None:
     # transformers' own Trainer still calls its deprecated name: noise in every run's log
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    import os
+
+    args = sys.argv[1:]
+    debug = "--debug" in args or os.environ.get("PIGG_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
     try:
-        app(args=_resume_path_option(sys.argv[1:]))
+        app(args=_resume_path_option(args))
     except PiggError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception as exc:  # the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        where = getattr(exc, "pigg_input", None)
+        print(
+            f"error: unexpected {type(exc).__name__}: {str(exc)[:500]}"
+            + (f"\n  while reading {where}" if where else "")
+            + f"\n  This is a bug in pigg: please report it at {REPORT_TO} with the command; run it again"
+            " with --debug (or PIGG_DEBUG=1) for the traceback.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

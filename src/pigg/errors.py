@@ -1,5 +1,8 @@
 """Errors pigg raises on purpose: each says where the problem is and how to fix it."""
 
+import contextlib
+from collections.abc import Iterator
+
 
 class PiggError(Exception):
     """Base class: the CLI prints these without a traceback."""
@@ -15,3 +18,17 @@ class DataError(PiggError):
 
 class UnsafePickleError(DataError):
     """A pickle names a global outside pigg's allow-list; nothing in it was executed."""
+
+
+@contextlib.contextmanager
+def reading(what: object) -> Iterator[None]:
+    """Label any unexpected exception that escapes the block with the input being read (the innermost
+    label wins), so the CLI can say where pigg broke without showing a traceback."""
+    try:
+        yield
+    except PiggError:
+        raise
+    except Exception as exc:
+        if not hasattr(exc, "pigg_input"):
+            exc.pigg_input = str(what)
+        raise

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pigg.data.sample import Sample, image_size, load_image
-from pigg.errors import DataError
+from pigg.errors import DataError, reading
 from pigg.models.coords import format_point, to_model
 from pigg.models.families import Family
 
@@ -124,6 +124,10 @@ class Renderer:
 
     def encode(self, sample: Sample) -> dict[str, torch.Tensor]:
         """One sample → 1-D input_ids and labels, plus its images' pixel_values and grid sizes."""
+        with reading(sample.source):
+            return self._encode(sample)
+
+    def _encode(self, sample: Sample) -> dict[str, torch.Tensor]:
         try:
             images = [self.load_image(ref, sample.base_dir) for ref in sample.image_refs()]
         except DataError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,21 +24,53 @@ class Target:
     box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> Target | None:
-        if not raw:
+    def from_dict(cls, raw: Any) -> Target | None:
+        """Read `{"point": [x, y], "box": [x1, y1, x2, y2]}` (either or both); ValueError says what is wrong
+        with any other shape, a number that is not finite, or a box whose corners are not in order."""
+        if raw is None or raw == {}:
             return None
-        point = raw.get("point")
-        box = raw.get("box")
-        return cls(
-            point=tuple(float(v) for v in point) if point is not None else None,
-            box=tuple(float(v) for v in box) if box is not None else None,
-        )
+        if not isinstance(raw, dict):
+            raise ValueError(f"target must be an object with 'point' and/or 'box', not {_kind(raw)}")
+        unknown = sorted(str(k) for k in raw if k not in ("point", "box"))
+        if unknown:
+            raise ValueError(f"target has unknown key(s) {', '.join(unknown)}; it takes 'point' and 'box'")
+        point = _numbers(raw.get("point"), 2, "target point [x, y]")
+        box = _numbers(raw.get("box"), 4, "target box [x1, y1, x2, y2]")
+        if box is not None and not (box[0] < box[2] and box[1] < box[3]):
+            raise ValueError(f"target box {list(box)} must have x1 < x2 and y1 < y2")
+        return cls(point=point, box=box) if point or box else None
+
+    def outside(self, width: int, height: int) -> str | None:
+        """What lies outside a width x height screenshot, in words (None: all inside)."""
+        for name, values in (("point", self.point), ("box", self.box)):
+            if values is None:
+                continue
+            xs, ys = values[0::2], values[1::2]
+            if min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height:
+                return f"target {name} {list(values)} lies outside the {width}x{height} screenshot"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "point": list(self.point) if self.point else None,
             "box": list(self.box) if self.box else None,
         }
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
+
+
+def _numbers(raw: Any, count: int, what: str) -> tuple[float, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list | tuple) or len(raw) != count:
+        raise ValueError(f"{what} must be {count} numbers, not {_kind(raw)}")
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in raw):  # numpy's too
+        raise ValueError(f"{what} must be {count} numbers, not {list(raw)!r:.60}")
+    if not all(math.isfinite(v) for v in raw):
+        raise ValueError(f"{what} holds a number that is not finite: {list(raw)}")
+    return tuple(float(v) for v in raw)
 
 
 @dataclass

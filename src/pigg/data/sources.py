@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pigg.data.sample import Problem, Sample, Target
-from pigg.errors import DataError, UnsafePickleError
+from pigg.errors import DataError, UnsafePickleError, reading
 
 ROLES = ("system", "user", "assistant")
 USER_FILE = re.compile(r"user_(\d+)\.pkl")
@@ -87,8 +87,23 @@ class ReadResult:
     problems: list[Problem]
 
 
+def _unicode(text: str, where: str) -> str:
+    """`text` if it is valid Unicode: a lone surrogate (from a JSON escape, or a mis-decoded file) would
+    only fail later, inside the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{where} is not valid Unicode (a lone surrogate at character {exc.start})"
+        ) from None
+    return text
+
+
 def normalise_messages(raw: Any) -> list[dict[str, Any]]:
-    """Bring a message list to the normalised form; raise ValueError naming what is malformed."""
+    """Bring a message list to the normalised form; raise ValueError naming what is malformed.
+
+    A content item is a dict with "type" "image" or "text"; an item without "type" is read by its key
+    ("image" or "text"), as several tools write them."""
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"messages must be a non-empty list of turns, got {type(raw).__name__}")
     out = []
@@ -100,18 +115,21 @@ def normalise_messages(raw: Any) -> list[dict[str, Any]]:
             raise ValueError(f"turn {t} has role {role!r}; expected one of {', '.join(ROLES)}")
         content = turn.get("content")
         if isinstance(content, str):
-            items = [{"type": "text", "text": content}]
+            items = [{"type": "text", "text": _unicode(content, f"turn {t} text")}]
         elif isinstance(content, list):
             items = []
             for i, item in enumerate(content):
                 if isinstance(item, dict) and (item.get("type") == "image" or "image" in item):
-                    if item.get("image") is None:
+                    image = item.get("image")
+                    if image is None:
                         raise ValueError(f"turn {t} item {i} is an image with no 'image' value")
-                    items.append({"type": "image", "image": item["image"]})
+                    if isinstance(image, str):
+                        _unicode(image, f"turn {t} item {i} image path")
+                    items.append({"type": "image", "image": image})
                 elif isinstance(item, dict) and (item.get("type") == "text" or "text" in item):
                     if not isinstance(item.get("text"), str):
                         raise ValueError(f"turn {t} item {i} has a non-string 'text'")
-                    items.append({"type": "text", "text": item["text"]})
+                    items.append({"type": "text", "text": _unicode(item["text"], f"turn {t} item {i} text")})
                 else:
                     raise ValueError(f"turn {t} item {i} is neither an image nor a text item: {item!r:.80}")
         else:
@@ -132,7 +150,7 @@ def _record_to_sample(record: Any, source: str, base_dir: Path, user_id: int | N
         messages = record  # seed 000: a bare message list
     return Sample(
         messages=normalise_messages(messages),
-        user_id=int(user_id) if user_id is not None else None,
+        user_id=_user_id(user_id),
         target=target,
         source=source,
         base_dir=base_dir,
@@ -144,7 +162,8 @@ def _collect(records: Iterable[tuple[Any, str, Path, int | None]]) -> ReadResult
     samples, problems = [], []
     for record, source, base_dir, user_id in records:
         try:
-            samples.append(_record_to_sample(record, source, base_dir, user_id))
+            with reading(source):
+                samples.append(_record_to_sample(record, source, base_dir, user_id))
         except (ValueError, TypeError) as exc:
             problems.append(Problem(source, f"malformed sample: {exc}"))
     return ReadResult(samples, problems)
@@ -167,43 +186,92 @@ def read_pickle_dir(folder: Path, users: list[int] | None) -> ReadResult:
             )
         files = {u: files[u] for u in users}
 
+    empty: list[Problem] = []
+
     def records():
         for user_id, path in files.items():
-            data = safe_load_pickle(path)
+            with reading(path):
+                data = safe_load_pickle(path)
             if not isinstance(data, list):
                 raise DataError(f"{path}: expected a list of samples, found {type(data).__name__}")
+            if not data:
+                empty.append(Problem(str(path), f"user {user_id}'s file holds no samples"))
             for index, record in enumerate(data):
                 yield record, f"{path}#{index}", folder, user_id
 
-    return _collect(records())
+    result = _collect(records())
+    result.problems[:0] = empty
+    return result
+
+
+def _strict_json(line: str):
+    """json.loads, refusing NaN and Infinity (Python's json accepts them; JSON has no such numbers)."""
+
+    def refuse(name: str):
+        raise ValueError(f"{name} is not a JSON number")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def _user_id(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"user_id must be an integer, not {value!r:.40}")
+    return value
 
 
 def read_jsonl(path: Path, users: list[int] | None) -> ReadResult:
+    """One sample per line, an object with "messages" (and "user_id", "target"); every line that is not
+    one is a problem at file:line, and so is a selected user with no line."""
     wanted = set(users) if users is not None else None
     problems: list[Problem] = []
+    seen: set[int] = set()
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
 
     def records():
-        with path.open() as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
+        for line_no, raw in enumerate(lines, start=1):
+            source = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(Problem(source, f"malformed line: not valid UTF-8 (byte {exc.start})"))
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = _strict_json(line)
+            except ValueError as exc:
+                cause = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+                problems.append(Problem(source, f"malformed line: not valid JSON ({cause})"))
+                continue
+            if not isinstance(record, dict):
+                problems.append(
+                    Problem(source, f"malformed line: a JSON {type(record).__name__}, not an object")
+                )
+                continue
+            try:
+                user_id = _user_id(record.get("user_id"))
+            except ValueError as exc:
+                problems.append(Problem(source, f"malformed sample: {exc}"))
+                continue
+            if wanted is not None:
+                if user_id is None:
+                    problems.append(Problem(source, "no user_id, but the config selects users"))
                     continue
-                source = f"{path}:{line_no}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    problems.append(Problem(source, f"malformed sample: not valid JSON ({exc.msg})"))
+                if user_id not in wanted:
                     continue
-                user_id = record.get("user_id") if isinstance(record, dict) else None
-                if wanted is not None:
-                    if user_id is None:
-                        problems.append(Problem(source, "no user_id, but the config selects users"))
-                        continue
-                    if int(user_id) not in wanted:
-                        continue
-                yield record, source, path.parent, user_id
+                seen.add(user_id)
+            yield record, source, path.parent, user_id
 
     result = _collect(records())
     result.problems[:0] = problems
+    missing = sorted(wanted - seen) if wanted is not None else []
+    if missing:
+        result.problems.append(Problem(str(path), f"no sample for selected user(s) {missing}"))
     return result
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pigg.data.render import Renderer, assistant_spans, render_text
 from pigg.data.sample import Problem, Sample, image_size
-from pigg.errors import DataError
+from pigg.errors import DataError, reading
 from pigg.models.coords import image_token_count
 
 
@@ -39,11 +39,21 @@ class ValidationReport:
         return not self.problems
 
 
-def _structure_problems(sample: Sample) -> list[str]:
+def _structure_problems(sample: Sample, special_tokens: list[str]) -> list[str]:
+    """What the readers cannot see alone: the conversation's shape, and chat markup in its text."""
     causes = []
-    assistants = [m for m in sample.messages if m["role"] == "assistant"]
-    if not assistants:
+    roles = [m["role"] for m in sample.messages]
+    if "user" not in roles:
+        causes.append("no user turn: nothing to answer")
+    if "assistant" not in roles:
         causes.append("no assistant turn: nothing to train on")
+    for t, message in enumerate(sample.messages):
+        for item in message["content"]:
+            marker = next((m for m in special_tokens if item["type"] == "text" and m in item["text"]), None)
+            if marker:
+                # it would be read as the template's own markup: a fake turn, trained as an answer
+                causes.append(f"turn {t} text contains the chat template's special token {marker}")
+                break
     for t, message in enumerate(sample.messages):
         if message["role"] == "assistant":
             text = "".join(i.get("text", "") for i in message["content"] if i["type"] == "text")
@@ -52,6 +62,13 @@ def _structure_problems(sample: Sample) -> list[str]:
             if any(i["type"] == "image" for i in message["content"]):
                 causes.append(f"assistant turn {t} contains an image")
     return causes
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """The tokenizer's special tokens (Qwen's <|im_start|>, <|im_end|>, <|image_pad|>, ...): text that
+    holds one is tokenized as markup, not as the characters."""
+    added = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    return sorted(set(added) | set(tokenizer.all_special_tokens))
 
 
 def layout_of(ids: list[int], image_tokens: list[int], renderer: Renderer) -> Layout:
@@ -88,25 +105,41 @@ def _length_problem(layout: Layout, max_length: int) -> str | None:
     return f"{layout.length} tokens > data.max_length={max_length}"
 
 
+def _check_sample(sample: Sample, renderer: Renderer, special: list[str]):
+    """The sample's problems (a list of causes), or (sample, rendered text, image token counts)."""
+    image_processor = renderer.processor.image_processor
+    causes = _structure_problems(sample, special)
+    token_counts = []
+    size = None
+    for k, ref in enumerate(sample.image_refs()):
+        try:
+            size = width, height = image_size(ref, sample.base_dir)
+        except DataError as exc:
+            causes.append(f"image {k + 1}: {exc}")
+            continue
+        try:  # the processor's own limits (Qwen's: aspect ratio under 200), asked, not restated
+            token_counts.append(image_token_count(image_processor, width, height))
+        except ValueError as exc:
+            causes.append(f"image {k + 1}: the processor refuses a {width}x{height} image: {exc}")
+    if sample.target is not None and size is not None and (outside := sample.target.outside(*size)):
+        causes.append(outside)  # the last image is the screen the target is on
+    if causes:
+        return causes
+    return sample, render_text(renderer.processor, renderer.messages(sample)), token_counts
+
+
 def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> ValidationReport:
     """Check every sample; return the usable ones and one Problem per cause found."""
     problems: list[Problem] = []
     candidates: list[tuple[Sample, str, list[int]]] = []
-    image_processor = renderer.processor.image_processor
+    special = special_tokens(renderer.processor.tokenizer)
     for sample in samples:
-        causes = _structure_problems(sample)
-        token_counts = []
-        for k, ref in enumerate(sample.image_refs()):
-            try:
-                width, height = image_size(ref, sample.base_dir)
-                token_counts.append(image_token_count(image_processor, width, height))
-            except DataError as exc:
-                causes.append(f"image {k + 1}: {exc}")
-        if causes:
-            problems.extend(Problem(sample.source, c) for c in causes)
-            continue
-        text = render_text(renderer.processor, renderer.messages(sample))
-        candidates.append((sample, text, token_counts))
+        with reading(sample.source):
+            candidate = _check_sample(sample, renderer, special)
+        if isinstance(candidate, list):
+            problems.extend(Problem(sample.source, c) for c in candidate)
+        else:
+            candidates.append(candidate)
 
     usable = []
     tokens = []
@@ -149,7 +182,12 @@ def enforce(report: ValidationReport, on_error: str, run_dir: Path | None = None
         return report.samples
     shown = "\n".join(f"  - {p}" for p in report.problems[:50])
     more = f"\n  ... and {len(report.problems) - 50} more" if len(report.problems) > 50 else ""
+    fix = (
+        f"Fix them, or set data.on_error=skip to train on the {len(report.samples)} good samples"
+        if report.samples
+        else "No sample is usable: fix them"
+    )
     raise DataError(
         f"{len(report.problems)} problem(s) in {report.checked} samples; nothing was trained. "
-        f"Fix them, or set data.on_error=skip to train on the {len(report.samples)} good samples:\n{shown}{more}"
+        f"{fix}:\n{shown}{more}"
     )

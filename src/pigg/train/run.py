@@ -18,7 +18,7 @@ from pigg.data.render import Renderer
 from pigg.data.sample import Sample
 from pigg.data.sources import read_samples
 from pigg.data.validate import enforce, validate
-from pigg.errors import ConfigError
+from pigg.errors import ConfigError, DataError
 from pigg.models.families import Family
 from pigg.models.loading import load_processor, resolve_family
 
@@ -89,6 +89,11 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
         return enforce(report, cfg.data.on_error, writer), report.tokens
 
     train, tokens = checked(cfg.data.train_users)
+    if not train:
+        raise DataError(
+            f"no training samples: data.train_users={cfg.data.train_users} selects none in "
+            f"{cfg.data.path}; check the users and that their files hold samples"
+        )
     eval_samples: list[Sample] = []
     if cfg.train.eval and cfg.data.eval_fraction:
         held = held_out(len(train), cfg.data.eval_fraction, cfg.train.seed)
