@@ -139,6 +139,19 @@ def test_model_parallel_map_of_the_8b_is_contiguous_balanced_and_uses_only_the_g
     assert next(u for u in units if u.name == "model.visual").trained_bytes == 0  # frozen: weights only
 
 
+def test_a_tied_output_layer_stays_with_the_embeddings_it_shares(full_8b_units):
+    from pigg.models.params import meta_model
+    from pigg.models.trainable import apply_method
+
+    model = apply_method(meta_model(str(asset("qwen3-vl-4b-instruct"))), QWEN3_VL, "full", LoraSection())
+    units = placement_units(model, QWEN3_VL, element_size=2)
+    head = next(u for u in units if u.name == "lm_head")
+    assert head.tied_to == "model.language_model.embed_tokens" and head.weight_bytes == 0
+    mapping = place_layers(units, [0, 1, 2]).device_map
+    assert mapping["lm_head"] == mapping["model.language_model.embed_tokens"] == 0
+    assert mapping["model.language_model.layers.35"] == 2
+
+
 def test_model_parallel_refuses_a_gpu_cap_too_small_before_loading(full_8b_units):
     units, _ = full_8b_units
     with pytest.raises(ConfigError, match=r"needs \d+\.\d GiB on GPU 0 .* over its 24\.0 GiB"):

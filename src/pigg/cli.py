@@ -7,6 +7,7 @@ and `pigg --help` is instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -61,8 +62,6 @@ def train(
 
     A run stopped by its time limit or by SIGTERM/SIGUSR1 saves a checkpoint and exits with code 75.
     """
-    import os
-
     started = float(os.environ.get(JOB_STARTED, time.time()))
     from pigg.train.run import select_gpus
 
@@ -496,8 +495,6 @@ REPORT_TO = "https://github.com/pigg-project/pigg/issues"
 def main() -> None:
     # transformers' own Trainer still calls its deprecated name: noise in every run's log
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    import os
-
     args = sys.argv[1:]
     debug = "--debug" in args or os.environ.get("PIGG_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]

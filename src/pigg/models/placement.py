@@ -33,6 +33,7 @@ class Unit:
     name: str
     weight_bytes: int
     trained_bytes: int  # of weight_bytes, the trained parameters' share
+    tied_to: str | None = None  # a unit whose weights this one shares (lm_head tied to the embeddings)
 
     @property
     def bytes(self) -> int:
@@ -55,20 +56,24 @@ def placement_units(model: nn.Module, family: Family, element_size: int | None =
         return name.split(".")[0]  # lm_head, and anything else at the top
 
     sizes: dict[str, list[int]] = {}
-    seen: set[int] = set()
+    owner: dict[int, str] = {}  # tensor id -> the unit that holds it
+    tied: dict[str, str] = {}
     tensors = [(n, p, p.requires_grad) for n, p in model.named_parameters(remove_duplicate=False)]
     tensors += [(n, b, False) for n, b in model.named_buffers()]
     for name, tensor, trained in tensors:
-        entry = sizes.setdefault(unit_of(name), [0, 0])
-        if id(tensor) in seen:  # tied weights live where they were first placed
+        unit = unit_of(name)
+        entry = sizes.setdefault(unit, [0, 0])
+        if id(tensor) in owner:  # a tied weight lives with the unit that holds it first
+            if owner[id(tensor)] != unit:
+                tied[unit] = owner[id(tensor)]
             continue
-        seen.add(id(tensor))
+        owner[id(tensor)] = unit
         size = tensor.numel() * (element_size or tensor.element_size())
         entry[0] += size
         entry[1] += size if trained else 0
     lm_tail = [n for n in sizes if n not in fixed and _under(n, llm_root)]
     order = [*fixed, *lm_tail, *(n for n in sizes if n not in fixed and n not in lm_tail)]
-    return [Unit(n, *sizes[n]) for n in order if n in sizes]
+    return [Unit(n, *sizes[n], tied.get(n)) for n in order if n in sizes]
 
 
 def split_contiguous(costs: list[int], parts: int) -> list[int]:
@@ -110,13 +115,18 @@ def place_layers(units: list[Unit], devices: list[int], max_bytes: dict[int, int
     loads, when a device's stretch is over its cap."""
     if not devices:
         raise ConfigError("model parallel needs at least one GPU")
-    cuts = [0, *split_contiguous([u.bytes for u in units], len(devices)), len(units)]
+    own = [u for u in units if u.tied_to is None]  # tied units follow their weights' owner
+    cuts = [0, *split_contiguous([u.bytes for u in own], len(devices)), len(own)]
     device_map: dict[str, int] = {}
     load: dict[int, int] = {}
     for device, (start, end) in zip(devices, zip(cuts, cuts[1:], strict=False), strict=True):
-        for unit in units[start:end]:
+        for unit in own[start:end]:
             device_map[unit.name] = device
-        load[device] = sum(u.bytes for u in units[start:end])
+        load[device] = sum(u.bytes for u in own[start:end])
+    for unit in units:
+        if unit.tied_to is not None:
+            device_map[unit.name] = device_map[unit.tied_to]
+            load[device_map[unit.name]] += unit.bytes
     for device, used in load.items():
         cap = (max_bytes or {}).get(device)
         if cap is not None and used > cap:
