@@ -316,3 +316,34 @@ def test_an_unexpected_exception_is_one_line_naming_the_input_and_debug_shows_th
     with pytest.raises(KeyError, match="simulated bug"):
         main()
     assert not isinstance(KeyError(), PiggError)
+
+
+def test_a_damaged_pickle_length_is_refused_before_the_unpickler_allocates_for_it(tmp_path, monkeypatch):
+    """Found by `make fuzz`: one byte of a PIL image's 230,400-byte length changed shifts the rest of the
+    file, and the unpickler then reads a memo index of 778,986,853 and grows its memo to it (the fuzzed
+    file took 12 GB and 36 s; under a 3 GB limit this one ends in MemoryError). The opcodes are now walked
+    first, and the file is refused for what is wrong with it."""
+    import tracemalloc
+
+    from pigg.data.sources import safe_load_pickle
+
+    monkeypatch.chdir(tmp_path)  # the PNG pickles its file name: a relative one keeps the bytes fixed
+    Image.new("RGB", (320, 240), (200, 210, 220)).save("screen.png")
+    screen = Image.open("screen.png")
+    screen.load()
+    records = [good_record(image=screen)["messages"], good_record(image=Path("screen.png").read_bytes())]
+    payload = bytearray(pickle.dumps(records, protocol=4))
+    assert payload.find((320 * 240 * 3).to_bytes(4, "little")) == 128  # the image's length field
+    payload[128] ^= 14
+    path = tmp_path / "user_1.pkl"
+    path.write_bytes(bytes(payload))
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            DataError, match=r"not a readable pickle: ValueError: memo index 778986853 at byte"
+        ):
+            safe_load_pickle(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20  # bytes, for a 0.23 MB file

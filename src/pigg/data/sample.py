@@ -64,6 +64,8 @@ def _kind(value: Any) -> str:
 def _numbers(raw: Any, count: int, what: str) -> tuple[float, ...] | None:
     if raw is None:
         return None
+    if type(raw).__module__ == "numpy" and hasattr(raw, "tolist"):  # a pickled numpy array of numbers
+        raw = raw.tolist()
     if not isinstance(raw, list | tuple) or len(raw) != count:
         raise ValueError(f"{what} must be {count} numbers, not {_kind(raw)}")
     if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in raw):  # numpy's too
