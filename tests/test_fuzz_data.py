@@ -347,3 +347,20 @@ def test_a_damaged_pickle_length_is_refused_before_the_unpickler_allocates_for_i
     finally:
         tracemalloc.stop()
     assert peak < 20 * 2**20  # bytes, for a 0.23 MB file
+
+
+def test_a_pickled_image_with_a_damaged_state_is_a_problem_not_a_crash_in_the_processor(world, tmp_path):
+    """Found by `make fuzz`: PIL's __setstate__ restores what the file says, so a damaged pickle gave an
+    image whose `info` was a list; validation passed it and the processor crashed on `info.get`."""
+    _, renderer = world
+    image = Image.new("RGB", (320, 240))
+    state = image.__getstate__()
+    damaged = Image.Image.__new__(Image.Image)
+    damaged.__setstate__([[], *state[1:]])  # info: a list
+    (tmp_path / "user_1.pkl").write_bytes(pickle.dumps([good_record(image=damaged)["messages"]]))
+    read = read_samples(tmp_path, None)
+    report = validate(read.samples, renderer, MAX_LENGTH)
+    assert not report.samples
+    assert [str(p) for p in report.problems] == [
+        f"{tmp_path / 'user_1.pkl'}#0: image 1: the pickled image is damaged: its info is a list, not a dict"
+    ]

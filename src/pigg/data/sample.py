@@ -109,11 +109,27 @@ def resolve_image_path(ref: str, base_dir: Path | None) -> Path:
     return path
 
 
+def _checked_pil(image: Image.Image) -> Image.Image:
+    """An in-memory PIL image whose state is what PIL itself builds. Unpickling restores whatever the file
+    says (PIL's __setstate__ takes it as given), so a damaged pickle can hold an image whose `info` is a
+    list or whose mode PIL does not know, which only fails later, inside the processor."""
+    size = image.size
+    if not isinstance(image.info, dict):
+        raise DataError(
+            f"the pickled image is damaged: its info is a {type(image.info).__name__}, not a dict"
+        )
+    if image.mode not in Image.MODES:
+        raise DataError(f"the pickled image is damaged: unknown mode {image.mode!r:.30}")
+    if not (isinstance(size, tuple) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise DataError(f"the pickled image is damaged: its size is {size!r:.40}")
+    return image
+
+
 def load_image(ref: ImageRef, base_dir: Path | None = None) -> Image.Image:
     """Decode an image reference to RGB. Raises DataError with the cause on a missing or corrupt image."""
     try:
         if isinstance(ref, Image.Image):
-            image = ref
+            image = _checked_pil(ref)
         elif isinstance(ref, bytes | bytearray):
             image = Image.open(io.BytesIO(ref))
         elif isinstance(ref, str):
@@ -135,7 +151,9 @@ def image_size(ref: ImageRef, base_dir: Path | None = None) -> tuple[int, int]:
     """(width, height) read from the header, and the file's structure checked, without decoding pixels."""
     try:
         if isinstance(ref, Image.Image):
-            return ref.size
+            image = _checked_pil(ref)
+            image.load()  # in memory already: its pixels must be there
+            return image.size
         if isinstance(ref, bytes | bytearray):
             stream: Any = io.BytesIO(ref)
         elif isinstance(ref, str):
