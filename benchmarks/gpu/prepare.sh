@@ -2,8 +2,8 @@
 # Run here, on the machine without a GPU, in the repository, before a device call (docs/benchmarks.md).
 # Puts what benchmarks/gpu/run.sh needs and the GPU image lacks into two git-ignored folders that the
 # device call carries:
-#   .whl/  wheels: pydantic (missing there), typer, liger-kernel, and pigg's tested transformers and
-#          peft versions (the image has other ones)
+#   .whl/  wheels: pydantic (missing there), typer, liger-kernel, bitsandbytes, DeepSpeed, and pigg's
+#          tested transformers and peft versions (the image has other ones)
 #   .gpu/  the Qwen3-VL-8B config and processor from ../shared/assets (no weights; ../shared does not
 #          travel with the working tree)
 set -euo pipefail
@@ -26,6 +26,26 @@ rm -rf .whl && mkdir .whl
     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 \
     -d .whl "${wheels[@]}"
+# bitsandbytes ships one library per CUDA version (43 MB): the image is CUDA 13, so only cuda13x and the CPU
+# library stay, or the call would exceed the device tool's 64 MiB
+"$python" - .whl/bitsandbytes-*.whl <<'PY'
+import re, sys, zipfile
+path = sys.argv[1]
+with zipfile.ZipFile(path) as old:
+    items = [(i, old.read(i)) for i in old.infolist()]
+unused = re.compile(r"libbitsandbytes_cuda(?!13)\d+")
+with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as new:
+    for info, data in items:
+        if unused.search(info.filename):
+            continue
+        if info.filename.endswith("RECORD"):
+            data = b"".join(l for l in data.splitlines(True) if not unused.search(l.decode()))
+        new.writestr(info, data)
+PY
+# DeepSpeed (run.sh engines): PyPI has its source only; built here into a pure-Python wheel (its CUDA ops
+# compile on first use there: the image has ninja and the CUDA toolkit), with hjson, which the image lacks
+"$python" -m pip wheel -q --no-deps --no-build-isolation -w .whl deepspeed==0.19.8 hjson==3.1.0 ||
+    echo "no DeepSpeed wheel: run.sh engines will report zero2 and zero3 as FAILED" >&2
 assets=${ASSETS:-../shared/assets}
 rm -rf .gpu && mkdir .gpu
 cp -r "$assets/qwen3-vl-8b-instruct" .gpu/

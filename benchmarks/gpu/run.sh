@@ -6,6 +6,10 @@
 #                                          seed 002's selection
 #   bash benchmarks/gpu/run.sh approaches  seed 003 on one GPU: LoRA vs QLoRA vs full, then the computed
 #                                          memory per approach (pigg params --approaches) beside it
+#   bash benchmarks/gpu/run.sh engines     the code paths CPU cannot run, on a tiny model in a minute or two:
+#                                          FSDP2 and DeepSpeed ZeRO-2/3 (one rank each: wrapping, sharded
+#                                          checkpoints, resume, the gathered final model), QLoRA on CUDA,
+#                                          model parallel on the visible GPUs; needs deepspeed in .whl
 #   bash benchmarks/gpu/run.sh logits      the output layer: seed recipe, default (logits only at trained
 #                                          positions), default with full logits, chunked; then the largest
 #                                          micro-batch without checkpointing, with and without full logits
@@ -56,6 +60,38 @@ approaches)
     pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/approaches" \
         --paths "${APPROACH_PATHS:-baseline,default,approach-qlora,approach-full}"
     ;;
+engines)
+    tiny=/tmp/pigg_gpu/tiny data=/tmp/pigg_gpu/tiny-data
+    [ -d "$tiny" ] || pigg model tiny qwen3-vl "$tiny"
+    [ -d "$data" ] || pigg data synth "$data" --users 2 --per-user 16 >/dev/null
+    # one approach: 4 steps saving every 2, resumed to 6, then the final folder evaluated; the launch is
+    # --nproc 1 (torchrun, one rank) except for model parallel, which is one plain process
+    engine() {
+        local name=$1 launch=$2 out=/tmp/pigg_gpu/engines/$1
+        shift 2
+        local args=(configs/global_lora.yaml model.name="$tiny" data.path="$data" data.train_users=all
+            data.max_length=512 model.max_pixels=65536 train.output_dir="$out" train.log_dir="$OUT/engine_logs"
+            train.save_steps=2 train.logging_steps=1 train.learning_rate=1e-3 train.report_to=[] "$@")
+        echo "=== $name: $*"
+        if pigg train "${args[@]}" train.max_steps=4 $launch &&
+            pigg train "${args[@]}" train.max_steps=6 --resume $launch &&
+            pigg eval --model "$out" --data "$data" --users 1-2 --max-samples 8 --out "$out/eval" >/dev/null; then
+            $python -c "import json; s = json.load(open('$out/pigg_run.json')); print(s['status'], s['steps'], 'steps,', s['world_size'], 'rank(s), loss', s['last_loss'])"
+            echo "=== $name: OK"
+        else
+            echo "=== $name: FAILED"
+        fi
+    }
+    {
+        engine fsdp "--nproc 1" train.method=full train.parallel=fsdp
+        engine zero2 "--nproc 1" train.method=full train.parallel=deepspeed train.deepspeed=configs/deepspeed/zero2.json
+        engine zero3 "--nproc 1" train.method=full train.parallel=deepspeed train.deepspeed=configs/deepspeed/zero3.json
+        engine qlora "--nproc 1" model.quantization=nf4
+        engine liger "--nproc 1" train.liger_kernel=true
+        engine model-parallel "" train.method=full train.parallel=model
+    } 2>&1 | tee "$OUT/engines.txt"
+    grep -E "^=== .*: (OK|FAILED)$" "$OUT/engines.txt"
+    ;;
 logits)
     pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/logits" \
         --paths "${LOGITS_PATHS:-baseline,default,default-full-logits,default+chunked-loss}"
@@ -74,7 +110,7 @@ logits)
     done
     ;;
 *)
-    echo "usage: run.sh lora|selective|approaches|logits" >&2
+    echo "usage: run.sh lora|selective|approaches|logits|engines" >&2
     exit 2
     ;;
 esac
