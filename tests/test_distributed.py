@@ -146,6 +146,28 @@ def test_sigterm_to_the_launcher_stops_both_ranks_at_one_step_and_they_resume_ex
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the straight 2-rank run
 
 
+def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
+    """Ctrl-C reaches the whole process group (launcher, torchrun's agent, the ranks): the job ends with
+    exit 130 and no Python traceback from any of them."""
+    config, _, _ = two_rank_run
+    cfg = config("interrupted")
+    path = _write(cfg, Path(cfg.train.output_dir).parent / "interrupted.yaml")
+    process = _pigg(
+        "train", str(path), "--nproc", "2",
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("step 2/"):
+            os.killpg(process.pid, signal.SIGINT)  # what the terminal does
+            break
+    rest, _ = process.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert process.returncode == 130, out
+    assert "Traceback" not in out and "pigg: interrupted" in out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -77,11 +77,14 @@ def torchrun_command(topology: Topology, worker_args: list[str]) -> list[str]:
 def _torchrun(argv: list[str]) -> int:
     """torch.distributed.run's `run` on torchrun's arguments: a failed training process is reported in one
     line (it printed its own error), where torchrun's `main` would add a traceback of its own."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     try:
         run(parse_args(argv))
+    except SignalException as exc:  # Ctrl-C or a kill: torchrun has already ended its workers
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
@@ -123,6 +126,10 @@ def launch(topology: Topology, worker_args: list[str], run_dir: Path) -> int:
     previous = {number: signal.signal(number, forward) for number in FORWARDED_SIGNALS}
     try:
         code = process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group: torchrun ends its workers
+        print("pigg: interrupted; waiting for the training processes to end", flush=True)
+        process.wait()
+        return 130
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
