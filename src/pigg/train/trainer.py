@@ -63,14 +63,16 @@ class PiggTrainer(Trainer):
         labels = inputs.get("labels")
         if labels is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        trained = int((next_token_targets(labels) != -100).sum())
         sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
-        vocab = output_layer(self.model).out_features
-        mode = resolve_mode(self.logits, self.args.use_liger_kernel, sharded, trained, vocab)
+        liger = self.args.use_liger_kernel
+        # only `auto` may chunk, by the batch's trained tokens: count them (a device sync) only then
+        may_chunk = self.logits == "auto" and not (liger or sharded)
+        trained = int((next_token_targets(labels) != -100).sum()) if may_chunk else 0
+        mode = resolve_mode(self.logits, liger, sharded, trained, output_layer(self.model).out_features)
         if mode not in self.loss_modes:
             self.loss_modes.add(mode)
             if self.is_world_process_zero():
-                print(f"output layer: {describe_mode(mode, self.args.use_liger_kernel)}", flush=True)
+                print(f"output layer: {describe_mode(mode, liger)}", flush=True)
         if mode == "all":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = {k: v for k, v in inputs.items() if k != "labels"}
