@@ -223,13 +223,13 @@ def read_pickle_dir(folder: Path, users: list[int] | None) -> ReadResult:
     return result
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _strict_json(line: str):
     """json.loads, refusing NaN and Infinity (Python's json accepts them; JSON has no such numbers)."""
-
-    def refuse(name: str):
-        raise ValueError(f"{name} is not a JSON number")
-
-    return json.loads(line, parse_constant=refuse)
+    return json.loads(line, parse_constant=_no_constant)
 
 
 def _user_id(value: Any) -> int | None:

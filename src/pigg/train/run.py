@@ -194,7 +194,7 @@ def check_approach(cfg: ExperimentConfig, cuda: bool) -> None:
             )
 
 
-def _device_map(cfg: ExperimentConfig, family: Family, cuda: bool):
+def _device_map(cfg: ExperimentConfig, family: Family, cuda: bool, dtype):
     """Where from_pretrained puts the weights: the balanced layer placement for model parallel, this
     process's GPU for a quantized model (bitsandbytes quantizes while loading), else the Trainer's choice."""
     import torch
@@ -213,7 +213,7 @@ def _device_map(cfg: ExperimentConfig, family: Family, cuda: bool):
             caps = {d: parse_memory(cfg.train.max_memory_per_gpu) for d in devices}
         else:
             caps = {d: torch.cuda.mem_get_info(d)[0] for d in devices}
-        element = torch.finfo(_precision(cfg)[1]).bits // 8
+        element = torch.finfo(dtype).bits // 8
         placement = place_layers(placement_units(meta, family, element), devices, caps)
         print(
             "model parallel: "
@@ -295,11 +295,10 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
     from pigg.models.trainable import apply_method
     from pigg.train.trainer import build_trainer
 
-    check_approach(cfg, cuda)  # also for `pigg plan` and `pigg bench`, which come here directly
     model = load_model(
         cfg.model.name,
         dtype,
-        _device_map(cfg, data.family, cuda),
+        _device_map(cfg, data.family, cuda, dtype),
         cfg.model.attn_implementation,
         _quantization(cfg, data.family, dtype),
     )

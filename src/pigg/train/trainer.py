@@ -18,6 +18,7 @@ from pigg.data.packing import STATS_KEY, TrainingCollator
 from pigg.data.render import Renderer
 from pigg.data.sample import Sample
 from pigg.train.control import STAGING
+from pigg.train.loss import causal_lm_loss, next_token_targets, output_layer, resolve_mode
 
 
 class SampleList:
@@ -58,8 +59,6 @@ class PiggTrainer(Trainer):
 
     # -- the output layer only where labels are (pigg.train.loss) -------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        from pigg.train.loss import causal_lm_loss, next_token_targets, output_layer, resolve_mode
-
         labels = inputs.get("labels")
         if labels is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
