@@ -69,6 +69,7 @@ def train(
     from pigg.config import load_config
     from pigg.train.control import EXIT_RESUMABLE
     from pigg.train.launch import Topology, launch
+    from pigg.train.run import end_process_group
     from pigg.train.run import train as run_training
 
     extra = [f"train.time_limit={time_limit}"] if time_limit else []
@@ -80,6 +81,7 @@ def train(
         worker += ["--resume-from", str(resume_from)] if resume_from else ["--resume"] if resume else []
         raise SystemExit(launch(topology, worker, Path(cfg.train.output_dir)))
     result = run_training(cfg, resume=str(resume_from) if resume_from else resume, started=started)
+    end_process_group()
     # Under torchrun a worker's non-zero exit reads as a crash: its launcher turns the summary into 75.
     if result.stopped and "TORCHELASTIC_RUN_ID" not in os.environ:
         raise SystemExit(EXIT_RESUMABLE)
