@@ -75,7 +75,7 @@ def parse_duration(text: str | int | float) -> float:
 
 class ModelSection(_Section):
     name: str = Field(description="hub id (Qwen/Qwen3-VL-8B-Instruct) or a local folder")
-    family: Literal["auto", "qwen3_vl", "qwen2_5_vl"] = "auto"
+    family: Literal["auto", "qwen3_vl", "qwen2_5_vl", "qwen2", "qwen3"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     min_pixels: int | None = None
@@ -87,7 +87,13 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    path: str = Field(description="a folder of user_<id>.pkl files or a .jsonl file")
+    path: str = Field(
+        description="a folder of user_<id>.pkl files or a .jsonl file; for task: classify also .csv, "
+        ".tsv or .parquet"
+    )
+    # A second file of the same kind, held out: evaluation during training (train.eval) and `pigg eval`
+    # of a classification run read it (grounding data selects data.test_users instead).
+    eval_path: str | None = None
     train_users: UserSpec = "all"
     test_users: UserSpec = None
     max_length: int = Field(4096, gt=0)
@@ -279,8 +285,42 @@ class LlmSection(_Section):
     layers: Selection = Field("all", description='"all", "last:2", "34-35"; full+all includes embeddings')
 
 
+class ClassifySection(_Section):
+    """Text classification (seed 004, `task: classify`): how the rows of a table (CSV, TSV, parquet, or
+    JSONL without "messages") become chat samples, and how answers are read. Chat rows ({"messages":
+    [...]}) are taken as they are; their answer must name one of the labels."""
+
+    labels: list[str] = Field(min_length=2, description="the classes, in the order of integer labels")
+    # The text of a row: one column, or several joined by a space (AG News's title and description).
+    text_column: str | list[str] = "text"
+    label_column: str = "label"
+    # An integer label is labels[value - label_base]: HF's ag_news counts from 0, the original CSV from 1.
+    label_base: int = 0
+    # Names for the columns of a CSV/TSV without a header row (the original AG News CSV).
+    columns: list[str] | None = None
+    system_prompt: str | None = None
+    # The user turn; {text} is replaced by the row's text (appended after a blank line when absent).
+    prompt: str = "Classify the following text:\n\n{text}"
+    # What the model answers: json is seed 004's {"category":"World"}; bare is the label alone.
+    answer: Literal["json", "bare"] = "json"
+    key: str = "category"
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, value: list[str]) -> list[str]:
+        folded = [v.strip().casefold() for v in value]
+        if any(not v for v in folded):
+            raise ValueError("a label is empty")
+        if len(set(folded)) != len(folded):
+            raise ValueError(f"labels {value} repeat one (compared case-insensitively)")
+        return value
+
+
 class ExperimentConfig(_Section):
     run_name: str | None = None
+    # grounding: clicks on screenshots (seeds 000-003); classify: text classification (seed 004), rows
+    # turned into chat samples by the classify section
+    task: Literal["grounding", "classify"] = "grounding"
     model: ModelSection
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
@@ -291,6 +331,15 @@ class ExperimentConfig(_Section):
     aligner: Literal["frozen", "full", "lora"] = "frozen"
     eval: EvalSection = Field(default_factory=EvalSection)
     personalize: PersonalizeSection = Field(default_factory=PersonalizeSection)
+    classify: ClassifySection | None = None
+
+    @model_validator(mode="after")
+    def _task_has_its_section(self) -> ExperimentConfig:
+        if self.task == "classify" and self.classify is None:
+            raise ValueError("task: classify needs a classify section with at least classify.labels")
+        if self.task != "classify" and self.classify is not None:
+            raise ValueError("a classify section is set but task is grounding; set task: classify")
+        return self
 
     @model_validator(mode="after")
     def _quantized_parts_use_lora(self) -> ExperimentConfig:

@@ -38,7 +38,10 @@ def cache_folder(setting: str | bool | None) -> Path | None:
 
 
 def image_cache_for(setting: str | bool | None, image_processor) -> ImageCache | None:
-    """The ImageCache a `data.image_cache` setting names for this processor, or None when it is off."""
+    """The ImageCache a `data.image_cache` setting names for this processor, or None when it is off (or
+    the model is text-only: no image processor)."""
+    if image_processor is None:
+        return None
     folder = cache_folder(setting)
     return ImageCache(folder, image_processor) if folder is not None else None
 

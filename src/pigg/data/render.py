@@ -27,14 +27,14 @@ class Markers:
 
     assistant_header: tuple[int, ...]
     turn_end: int
-    image_pad: int
+    image_pad: int  # -1 for a text family: no token id matches it
     pad: int
 
     @classmethod
     def of(cls, tokenizer, family: Family) -> Markers:
         header = tuple(tokenizer.encode(family.assistant_header, add_special_tokens=False))
         end = tokenizer.convert_tokens_to_ids(family.turn_end)
-        pad_token = tokenizer.convert_tokens_to_ids(family.image_pad)
+        pad_token = tokenizer.convert_tokens_to_ids(family.image_pad) if family.image_pad else -1
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
         return cls(header, end, pad_token, pad)
 

@@ -76,6 +76,13 @@ _FILLER = [
 _MEDIAN_WORDS = {"World": 95, "Sports": 80, "Business": 100, "Sci/Tech": 110}
 
 
+def vocabulary() -> list[str]:
+    """Every word the articles, prompts and answers use (the tiny text tokenizer learns merges for them)."""
+    words = {w for text in _CLASS_WORDS.values() for w in text.split()} | set(_FILLER) | set(_SHARED_PAIR)
+    prose = f"{SYSTEM} {PROMPT}".replace(",", " ").replace(".", " ").replace(":", " ").split()
+    return sorted(words | set(prose)) + [format_label(label) for label in LABELS]
+
+
 def article(label: str, rng: random.Random) -> str:
     """One article of class `label`: about a quarter of its words are the class's own."""
     words = round(min(380, max(15, rng.lognormvariate(math.log(_MEDIAN_WORDS[label]), 0.45))))

@@ -109,6 +109,11 @@ def _check_sample(sample: Sample, renderer: Renderer, special: list[str]):
     """The sample's problems (a list of causes), or (sample, rendered text, image token counts)."""
     image_processor = renderer.processor.image_processor
     causes = _structure_problems(sample, special)
+    if not renderer.family.has_vision and sample.image_refs():
+        causes.append(
+            f"holds {len(sample.image_refs())} image(s), and the {renderer.family.name} model is text-only"
+        )
+        return causes
     token_counts = []
     size = None
     for k, ref in enumerate(sample.image_refs()):

@@ -53,9 +53,13 @@ def _adapter_base(folder: Path) -> str:
     return base
 
 
-def _has_processor(folder: Path) -> bool:
+def _has_processor(folder: Path, text_only: bool = False) -> bool:
+    """Whether `folder` holds the whole processor: a tokenizer, and an image processor unless the model is
+    text-only."""
     return (folder / "tokenizer_config.json").exists() and (
-        (folder / "preprocessor_config.json").exists() or (folder / "processor_config.json").exists()
+        text_only
+        or (folder / "preprocessor_config.json").exists()
+        or (folder / "processor_config.json").exists()
     )
 
 
@@ -98,7 +102,10 @@ def resolve_model(spec: str, adapter: str | None = None, user: int | None = None
             )
         adapters.append(str(user_dir))
     # The processor comes from the outermost folder that holds one (runs save theirs), else the base.
-    processor_from = next((a for a in [spec, *reversed(adapters)] if _has_processor(Path(a))), base)
+    text_only = not resolve_family(base).has_vision
+    processor_from = next(
+        (a for a in [spec, *reversed(adapters)] if _has_processor(Path(a), text_only)), base
+    )
     label = folder.name if folder.exists() else spec
     if user is not None:
         label += f"+user{user}"

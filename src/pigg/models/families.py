@@ -17,9 +17,10 @@ CoordinateConvention = Literal["relative_1000", "resized_pixels"]
 class Family:
     name: str
     model_types: tuple[str, ...]
-    # Module paths as they appear in `named_modules()` of the *ForConditionalGeneration model.
-    vision_tower: str  # everything of the vision side, projector included, lives under this prefix
-    vision_blocks: str
+    # Module paths as they appear in `named_modules()` of the model (*ForConditionalGeneration for the
+    # vision-language families, *ForCausalLM for the text ones, whose vision fields are None / empty).
+    vision_tower: str | None  # everything of the vision side, projector included, lives under this prefix
+    vision_blocks: str | None
     projector: tuple[str, ...]  # the aligner: merges vision features into LLM space
     llm_layers: str
     embeddings: str
@@ -27,10 +28,14 @@ class Family:
     # Chat markup: a trained span runs from after `assistant_header` up to and including `turn_end`.
     assistant_header: str
     turn_end: str
-    image_pad: str
+    image_pad: str | None
     # Whether the chat template renders a system turn itself (then `system_turns: auto` keeps it).
     renders_system_turn: bool
-    coordinates: CoordinateConvention
+    coordinates: CoordinateConvention | None
+
+    @property
+    def has_vision(self) -> bool:
+        return self.vision_tower is not None
 
 
 QWEN3_VL = Family(
@@ -59,7 +64,27 @@ QWEN2_5_VL = replace(
     coordinates="resized_pixels",
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_VL, QWEN2_5_VL)}
+# Text-only causal LMs (seed 004): the decoder stack sits directly under `model`, the chat markup is the
+# same. Qwen2.5's template adds "You are Qwen, created by Alibaba Cloud. ..." when no system turn is given;
+# its templates take string contents only (Renderer flattens text items for them).
+QWEN2 = Family(
+    name="qwen2",
+    model_types=("qwen2",),
+    vision_tower=None,
+    vision_blocks=None,
+    projector=(),
+    llm_layers="model.layers",
+    embeddings="model.embed_tokens",
+    lm_head="lm_head",
+    assistant_header="<|im_start|>assistant\n",
+    turn_end="<|im_end|>",
+    image_pad=None,
+    renders_system_turn=True,
+    coordinates=None,
+)
+QWEN3 = replace(QWEN2, name="qwen3", model_types=("qwen3",))
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_VL, QWEN2_5_VL, QWEN2, QWEN3)}
 
 
 def family_for_model_type(model_type: str) -> Family:

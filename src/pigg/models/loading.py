@@ -57,6 +57,59 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+class TextProcessor:
+    """A text model's tokenizer in the shape of a processor (`.tokenizer`, `.image_processor` None, calls
+    and chat templates), so rendering, validation, evaluation and saving take one path for both kinds.
+
+    Text chat templates (Qwen2.5's, Qwen3's) concatenate `message.content` as a string: contents written
+    as lists of text items (pigg's normalised form) are joined into one string here; an image item is
+    refused, a text model has nothing to see it with.
+    """
+
+    image_processor = None
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs) -> TextProcessor:
+        return cls(transformers.AutoTokenizer.from_pretrained(name_or_path, **kwargs))
+
+    @property
+    def chat_template(self):
+        return self.tokenizer.chat_template
+
+    def save_pretrained(self, out, **kwargs):
+        return self.tokenizer.save_pretrained(out, **kwargs)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs):
+        return self.tokenizer.apply_chat_template([flatten_text(m) for m in messages], **kwargs)
+
+    def __call__(self, text=None, images=None, **kwargs):
+        if images:
+            raise ValueError("a text-only model takes no images")
+        return self.tokenizer(text, **kwargs)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def flatten_text(message: dict[str, Any]) -> dict[str, Any]:
+    """A message whose content is a list of text items, as one with that text as a string."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return message
+    parts = []
+    for item in content:
+        if isinstance(item, dict) and (item.get("type") == "image" or "image" in item):
+            raise ValueError(f"a {message.get('role')} turn holds an image, and a text-only model takes none")
+        parts.append(item.get("text", "") if isinstance(item, dict) else str(item))
+    return {**message, "content": "".join(parts)}
+
+
 def looks_local(name_or_path: str) -> bool:
     """A path rather than a hub id ("owner/name"): absolute, relative with ./, or more than one slash."""
     return Path(name_or_path).is_absolute() or name_or_path.startswith(".") or name_or_path.count("/") > 1
@@ -94,10 +147,21 @@ def load_processor(
     min_pixels: int | None = None,
     max_pixels: int | None = None,
 ):
-    """The model's processor (tokenizer + image processor + chat template).
+    """The model's processor (tokenizer + image processor + chat template); a TextProcessor for a text
+    family.
 
     Uses the stock processor where torchvision is installed and the image-only one otherwise.
     """
+    if not family.has_vision:
+        try:
+            processor = TextProcessor.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load a tokenizer from {name_or_path!r}: {exc}") from None
+        if processor.chat_template is None:
+            raise ConfigError(
+                f"{name_or_path}: no chat template found (chat_template.jinja or tokenizer_config)"
+            )
+        return processor
     base = getattr(transformers, PROCESSOR_CLASSES[family.name])
     try:
         processor = base.from_pretrained(name_or_path)
@@ -131,8 +195,9 @@ def load_model(
     attn_implementation=None,
     quantization_config=None,
 ):
-    """The full vision-language model, weights included (quantized while loading when asked)."""
-    from transformers import AutoModelForImageTextToText
+    """The whole model, weights included (quantized while loading when asked): the vision-language model,
+    or a text family's causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     kwargs: dict[str, Any] = {"dtype": dtype}
     if device_map is not None:
@@ -141,7 +206,9 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
+    family = resolve_family(name_or_path)
+    auto = AutoModelForImageTextToText if family.has_vision else AutoModelForCausalLM
     try:
-        return AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        return auto.from_pretrained(name_or_path, **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load model weights from {name_or_path!r}: {exc}") from None

@@ -15,14 +15,17 @@ from pigg.errors import ConfigError
 def meta_model(name_or_path: str):
     """The architecture of `name_or_path` (a folder or hub id with a config.json), on the meta device."""
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from pigg.models.families import family_for_model_type
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except OSError as exc:
         raise ConfigError(f"cannot read a model config from {name_or_path!r}: {exc}") from None
+    text_only = not family_for_model_type(config.model_type).has_vision
     with torch.device("meta"):
-        return AutoModelForImageTextToText.from_config(config)
+        return (AutoModelForCausalLM if text_only else AutoModelForImageTextToText).from_config(config)
 
 
 def parameter_report(cfg: ExperimentConfig) -> dict:

@@ -45,7 +45,8 @@ def placement_units(model: nn.Module, family: Family, element_size: int | None =
     first). `element_size` overrides the parameters' own (meta models report float32)."""
     layers = len(model.get_submodule(family.llm_layers))
     llm_root = family.llm_layers.rsplit(".", 1)[0]
-    fixed = [family.vision_tower, family.embeddings, *(f"{family.llm_layers}.{i}" for i in range(layers))]
+    stacks = (f"{family.llm_layers}.{i}" for i in range(layers))
+    fixed = [p for p in (family.vision_tower, family.embeddings) if p] + list(stacks)
 
     def unit_of(name: str) -> str:
         for prefix in fixed:
@@ -156,7 +157,7 @@ def shard_unit_classes(model: nn.Module, family: Family) -> list[str]:
     model names them (read off the model, not hard-coded)."""
     names = []
     model = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA + FSDP
-    for stack in (family.llm_layers, family.vision_blocks):
+    for stack in (s for s in (family.llm_layers, family.vision_blocks) if s):
         layer = type(model.get_submodule(f"{stack}.0")).__name__
         if layer not in names:
             names.append(layer)

@@ -55,8 +55,9 @@ system user assistant you are a helpful gui agent answer with point coordinates
 """
 
 
-def build_tokenizer(vocab_size: int = 1024):
-    """A byte-level BPE tokenizer with Qwen's special tokens and single-digit numbers (as Qwen does)."""
+def build_tokenizer(vocab_size: int = 1024, extra_words: list[str] | None = None):
+    """A byte-level BPE tokenizer with Qwen's special tokens and single-digit numbers (as Qwen does);
+    `extra_words` join the corpus it learns merges from (the text models add the news vocabulary)."""
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -64,7 +65,7 @@ def build_tokenizer(vocab_size: int = 1024):
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
-    words = _CORPUS_WORDS.split()
+    words = _CORPUS_WORDS.split() + list(extra_words or [])
     corpus = [" ".join(words[i : i + 8]) for i in range(0, len(words), 3)] * 4
     corpus += [f"({x}, {y})" for x, y in [(1, 2), (34, 567), (890, 12)]] + [w.capitalize() for w in words]
     trainer = trainers.BpeTrainer(
@@ -159,17 +160,45 @@ def _qwen2_5_vl_config(tokenizer, vocab_size=None):
     )
 
 
-# (config builder, model class name, processor class name, image patch size)
+def _text_config(config_cls, tokenizer, vocab_size=None, **extra):
+    """A text family's config shrunk as the vision ones' language model is: hidden 128, 4 layers."""
+    text = _shrunk_config(tokenizer, {}, {}, vocab_size)["text_config"]
+    return config_cls(**text, tie_word_embeddings=False, **extra)
+
+
+def _qwen2_config(tokenizer, vocab_size=None):
+    from transformers import Qwen2Config
+
+    return _text_config(Qwen2Config, tokenizer, vocab_size)
+
+
+def _qwen3_config(tokenizer, vocab_size=None):
+    from transformers import Qwen3Config
+
+    return _text_config(Qwen3Config, tokenizer, vocab_size, head_dim=32)
+
+
+# (config builder, model class name, processor class name or None for a text model, image patch size)
 _TINY = {
     "qwen3-vl": (_qwen3_vl_config, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", 16),
     "qwen2.5-vl": (_qwen2_5_vl_config, "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", 14),
+    "qwen2.5": (_qwen2_config, "Qwen2ForCausalLM", None, None),
+    "qwen3": (_qwen3_config, "Qwen3ForCausalLM", None, None),
 }
+TINY_FAMILIES = tuple(_TINY)
+
+
+def _news_words() -> list[str]:
+    from pigg.data.synthetic_text import vocabulary
+
+    return vocabulary()
 
 
 def build_tiny(
     family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256, tokenizer: str | None = None
 ) -> Path:
-    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl") to `out`; return the folder.
+    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl", or the text-only "qwen2.5",
+    "qwen3") to `out`; return the folder.
 
     `tokenizer`: a real model's folder (tokenizer, chat template, processor config; no weights needed,
     e.g. ../shared/assets/qwen3-vl-8b-instruct). The tiny model then takes that processor as it is and the
@@ -179,7 +208,7 @@ def build_tiny(
 
     import transformers
 
-    from pigg.models.loading import _image_only, load_processor, resolve_family
+    from pigg.models.loading import TextProcessor, _image_only, load_processor, resolve_family
 
     if family not in _TINY:
         raise ValueError(f"no tiny model for {family!r}; available: {', '.join(_TINY)}")
@@ -195,13 +224,16 @@ def build_tiny(
             vocab = raw.get("text_config", raw).get("vocab_size")
         config = make_config(processor.tokenizer, vocab or len(processor.tokenizer))
     else:
-        processor, small = None, build_tokenizer()
+        processor, small = None, build_tokenizer(extra_words=None if proc_cls else _news_words())
         config = make_config(small)
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).to(torch.float32)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    text_config = getattr(config, "text_config", config)
+    model.generation_config.eos_token_id = text_config.eos_token_id
+    model.generation_config.pad_token_id = text_config.pad_token_id
     model.save_pretrained(out)
+    if processor is None and proc_cls is None:
+        processor = TextProcessor(small)
     if processor is not None:
         processor.save_pretrained(out)
         return out

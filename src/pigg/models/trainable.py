@@ -22,8 +22,8 @@ PARTS = ("vision", "aligner", "llm")
 METHODS = ("frozen", "full", "lora")
 
 
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
+def _under(name: str, prefix: str | None) -> bool:
+    return prefix is not None and (name == prefix or name.startswith(prefix + "."))
 
 
 def _base_name(name: str) -> str:
@@ -107,30 +107,38 @@ def plan_parts(
     for key, method in (("llm.method", llm), ("vision.method", vision), ("aligner", aligner)):
         if method not in METHODS:
             raise ConfigError(f"{key}={method!r}: use one of {', '.join(METHODS)}")
-    n_blocks = _stack_length(model, family.vision_blocks)
     n_layers = _stack_length(model, family.llm_layers)
-    blocks = resolve_selection(vision_blocks, n_blocks, "vision.blocks")
     layers = resolve_selection(llm_layers, n_layers, "llm.layers")
-
     top = dict(model.named_children())  # e.g. {"model": ..., "lm_head": ...}
-    visual = model.get_submodule(family.vision_tower)
-    vision_all = [
-        f"{family.vision_tower}.{child}"
-        for child, module in visual.named_children()
-        if not any(_under(f"{family.vision_tower}.{child}", p) for p in family.projector)
-        and any(True for _ in module.parameters())
-    ]
-    llm_root = family.llm_layers.rsplit(".", 1)[0]  # model.language_model
+    llm_root = family.llm_layers.rsplit(".", 1)[0]  # model.language_model (model for a text family)
     llm_all = [llm_root, *(name for name in top if name == family.lm_head.split(".")[0])]
+    if not family.has_vision:
+        for key, method in (("vision.method", vision), ("aligner", aligner)):
+            if method != "frozen":
+                raise ConfigError(f"{key}={method}: the {family.name} model is text-only; leave it frozen")
+        vision_parts = [PartPlan("vision", "frozen"), PartPlan("aligner", "frozen")]
+    else:
+        n_blocks = _stack_length(model, family.vision_blocks)
+        blocks = resolve_selection(vision_blocks, n_blocks, "vision.blocks")
+        visual = model.get_submodule(family.vision_tower)
+        vision_all = [
+            f"{family.vision_tower}.{child}"
+            for child, module in visual.named_children()
+            if not any(_under(f"{family.vision_tower}.{child}", p) for p in family.projector)
+            and any(True for _ in module.parameters())
+        ]
+        vision_parts = [
+            PartPlan(
+                "vision",
+                vision,
+                blocks,
+                n_blocks,
+                vision_all if blocks is None else [f"{family.vision_blocks}.{i}" for i in blocks],
+            ),
+            PartPlan("aligner", aligner, None, 0, list(family.projector)),
+        ]
     return [
-        PartPlan(
-            "vision",
-            vision,
-            blocks,
-            n_blocks,
-            vision_all if blocks is None else [f"{family.vision_blocks}.{i}" for i in blocks],
-        ),
-        PartPlan("aligner", aligner, None, 0, list(family.projector)),
+        *vision_parts,
         PartPlan(
             "llm",
             llm,

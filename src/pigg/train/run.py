@@ -16,7 +16,7 @@ from pathlib import Path
 from pigg.config import ExperimentConfig, parse_users
 from pigg.data.render import Renderer
 from pigg.data.sample import Sample
-from pigg.data.sources import read_samples
+from pigg.data.sources import ReadResult, read_samples
 from pigg.data.validate import enforce, validate
 from pigg.errors import ConfigError, DataError
 from pigg.models.families import Family
@@ -83,14 +83,24 @@ def load_renderer(cfg: ExperimentConfig) -> tuple[Family, object, Renderer]:
     return family, processor, renderer
 
 
+def read_data(cfg: ExperimentConfig, path: str, users_spec) -> ReadResult:
+    """The samples of `path` as the task reads them: grounding data selected by user, or classification
+    rows turned into chat samples (data.tables)."""
+    if cfg.task == "classify":
+        from pigg.data.tables import read_classification
+
+        return read_classification(path, cfg.classify)
+    return read_samples(path, parse_users(users_spec))
+
+
 def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True) -> PreparedData:
     """Processor and checked samples, without loading any weights. Skipped samples are listed in run_dir
     (default: the run's output folder)."""
     run_dir = Path(cfg.train.output_dir) if run_dir is None else run_dir
     family, processor, renderer = load_renderer(cfg)
 
-    def checked(users_spec) -> tuple[list[Sample], list[tuple[int, int]] | None]:
-        read = read_samples(cfg.data.path, parse_users(users_spec))
+    def checked(users_spec, path: str = cfg.data.path) -> tuple[list[Sample], list[tuple[int, int]] | None]:
+        read = read_data(cfg, path, users_spec)
         samples = read.samples[: cfg.data.max_samples] if cfg.data.max_samples else read.samples
         if not check:
             return samples, None
@@ -101,6 +111,8 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
         return enforce(report, cfg.data.on_error, writer), report.tokens
 
     train, tokens = checked(cfg.data.train_users)
+    if not train and cfg.task == "classify":
+        raise DataError(f"no training samples in {cfg.data.path}")
     if not train:
         raise DataError(
             f"no training samples: data.train_users={cfg.data.train_users} selects none in "
@@ -112,10 +124,14 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
         eval_samples = [s for i, s in enumerate(train) if i in held]
         train = [s for i, s in enumerate(train) if i not in held]
         tokens = [t for i, t in enumerate(tokens) if i not in held] if tokens is not None else None
+    elif cfg.train.eval and cfg.data.eval_path is not None:
+        eval_samples, _ = checked(None, cfg.data.eval_path)
     elif cfg.train.eval and cfg.data.test_users is not None:
         eval_samples, _ = checked(cfg.data.test_users)
     elif cfg.train.eval:
-        raise ConfigError("train.eval=true needs data.test_users or data.eval_fraction to evaluate on")
+        raise ConfigError(
+            "train.eval=true needs data.eval_path, data.test_users or data.eval_fraction to evaluate on"
+        )
     return PreparedData(family, processor, renderer, train, eval_samples, tokens)
 
 
@@ -250,7 +266,7 @@ def _quantization(cfg: ExperimentConfig, family: Family, dtype):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
-        llm_int8_skip_modules=[family.vision_tower, family.lm_head],
+        llm_int8_skip_modules=[m for m in (family.vision_tower, family.lm_head) if m],
     )
 
 
@@ -354,8 +370,9 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         eval_strategy="steps" if data.eval else "no",
         eval_steps=(cfg.train.eval_steps or cfg.train.save_steps) if data.eval else None,
         deepspeed=cfg.train.deepspeed,
-        # Every trained parameter gets a gradient at every step (text-only batches run the vision tower
-        # on a filler image: Renderer.vision_filler), so DDP need not search the graph for unused ones.
+        # Every trained parameter gets a gradient at every step (text-only batches of a vision-language
+        # model run the vision tower on a filler image: Renderer.vision_filler), so DDP need not search
+        # the graph for unused ones.
         ddp_find_unused_parameters=False,
         **_fsdp_arguments(cfg, model, data.family),
         torch_compile=cfg.train.torch_compile,
@@ -373,9 +390,8 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
     board = "tensorboard" in cfg.train.report_to
     collator = TrainingCollator(data.renderer)
     if cfg.data.packing:
-        collator = TrainingCollator(
-            data.renderer, rope_index_of(model), cfg.data.pack_length or cfg.data.max_length
-        )
+        rope_index = rope_index_of(model) if data.family.has_vision else None
+        collator = TrainingCollator(data.renderer, rope_index, cfg.data.pack_length or cfg.data.max_length)
     lengths = [t + i for t, i in data.tokens()] if cfg.train.group_by_length else None
     arguments.update(overrides)
     trainer = build_trainer(
@@ -460,7 +476,8 @@ def train(
 
         data = prepare_data(cfg, run_dir)
         print(
-            f"data: {len(data.train)} training samples from users {cfg.data.train_users}"
+            f"data: {len(data.train)} training samples from "
+            + (cfg.data.path if cfg.task == "classify" else f"users {cfg.data.train_users}")
             + (f", {len(data.eval)} eval samples" if data.eval else "")
             + f" (checked in {time.time() - started:.1f}s)"
         )
