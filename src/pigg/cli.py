@@ -313,6 +313,39 @@ def data_validate(config: ConfigArg, overrides: Overrides = None):
     )
 
 
+@data_app.command("stats")
+def data_stats(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    out: Annotated[Path, typer.Option(help="folder for data_stats.json and the PNGs")] = Path("data_stats"),
+):
+    """Counts per class (or user) and sample lengths in tokens, as JSON and PNG plots, for the training
+    data and the evaluation data (data.eval_path, test users or the held-out fraction)."""
+    from pigg.config import load_config
+    from pigg.data.stats import data_stats as write_stats
+    from pigg.data.validate import validate
+    from pigg.train.run import prepare_data
+
+    cfg = load_config(config, overrides)
+    cfg.train.eval = any(
+        v is not None for v in (cfg.data.eval_path, cfg.data.test_users, cfg.data.eval_fraction)
+    )
+    data = prepare_data(cfg, run_dir=out)
+    splits = {"train": (data.train, [t + i for t, i in data.tokens()])}
+    if data.eval:
+        tokens = validate(data.eval, data.renderer, cfg.data.max_length).tokens
+        splits["eval"] = (data.eval, [t + i for t, i in tokens])
+    labels = cfg.classify.labels if cfg.task == "classify" else None
+    path = write_stats(splits, out, cfg.data.max_length, labels)
+    for name, split in json.loads(path.read_text())["splits"].items():
+        t = split["tokens"]
+        print(
+            f"{name}: {t['samples']} samples; tokens mean {t['mean']}, p50 {t['p50']}, p95 {t['p95']}, "
+            f"max {t['max']}; " + ", ".join(f"{k} {v}" for k, v in split["counts"].items())
+        )
+    print(path)
+
+
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="folder to write user_<id>.pkl files and images/ into")],
@@ -431,8 +464,18 @@ def evaluate(
     max_new_tokens: int | None = None,
     max_samples: int | None = None,
     loss: Annotated[bool, typer.Option("--loss", help="also compute evaluation loss")] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="classification runs: generate (answers read strictly), likelihood (the most likely "
+            "label, no generation) or both"
+        ),
+    ] = "generate",
 ):
-    """Click accuracy of a model, or of several side by side (--compare base,RUN), with a report."""
+    """Click accuracy of a model, or of several side by side (--compare base,RUN), with a report; for a
+    classification run (task: classify) accuracy, macro-F1, per-class scores, confusion PNG, throughput."""
+    if mode not in ("generate", "likelihood", "both"):
+        raise PiggError(f"--mode {mode!r}: use generate, likelihood or both")
     from pigg.grounding.evaluate import run_eval
 
     specs = [s.strip() for s in compare.split(",")] if compare else []
@@ -452,6 +495,7 @@ def evaluate(
         radius=radius,
         max_new_tokens=max_new_tokens,
         loss=loss,
+        mode=mode,
     )
     print(path)
 
@@ -469,17 +513,23 @@ def personalize(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the demo's data, model, runs and logs")] = Path(
-        "demo_out"
-    ),
+    kind: Annotated[
+        str, typer.Argument(help="grounding (GUI clicks, the default) or text (seed 004's classification)")
+    ] = "grounding",
+    out: Annotated[Path | None, typer.Option(help="folder for the demo's data, model, runs and logs")] = None,
     users: int = 12,
     per_user: int = 80,
 ):
-    """The embedded demo: synthetic users, a tiny Qwen3-VL, global training, evaluation, personalization."""
-    from pigg.demo import run_demo
+    """The embedded demos. grounding: synthetic users, a tiny Qwen3-VL, global training, evaluation,
+    personalization. text: synthetic news, a tiny Qwen2.5, full fine-tuning, base vs tuned classification."""
+    from pigg.demo import run_demo, run_text_demo
 
-    summary_path = run_demo(out, users=users, per_user=per_user)
-    print(summary_path)
+    if kind == "text":
+        print(run_text_demo(out or Path("demo_text_out")))
+    elif kind == "grounding":
+        print(run_demo(out or Path("demo_out"), users=users, per_user=per_user))
+    else:
+        raise PiggError(f"pigg demo {kind}: there are two demos, grounding and text")
 
 
 def _resume_path_option(argv: list[str]) -> list[str]:

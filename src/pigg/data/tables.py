@@ -143,11 +143,14 @@ def _load_table(path: Path, kind: str, spec: ClassifySection):
 
     options: dict[str, Any] = {}
     if kind == "csv":
-        options["sep"] = "\t" if path.suffix == ".tsv" else ","
+        sep = "\t" if path.suffix == ".tsv" else ","
+        options["sep"] = sep
         if spec.columns:
             options["column_names"] = spec.columns
-        # text stays text: a numeric-looking title must not become a float
-        options["dtype"] = str
+        # every cell stays text (a numeric-looking title must not become a float, an empty one NaN): the
+        # label is read by _label_of, which knows integers from names
+        names = spec.columns or _header(path, sep)
+        options["features"] = datasets.Features({n: datasets.Value("string") for n in names})
         options["keep_default_na"] = False
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory(prefix="pigg_table_") as cache:
@@ -159,6 +162,16 @@ def _load_table(path: Path, kind: str, spec: ClassifySection):
             cause = exc.__cause__ or exc
             raise DataError(f"{path}: cannot read as {kind}: {type(cause).__name__}: {cause}") from None
     return table
+
+
+def _header(path: Path, sep: str) -> list[str]:
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle, delimiter=sep), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the header row: {exc}") from None
 
 
 def _table_rows(path: Path, kind: str, spec: ClassifySection) -> ReadResult:

@@ -142,6 +142,18 @@ def _eval_config(ref: ModelRef, data: str | None, users: str | None, max_samples
     return cfg
 
 
+def _run_task(ref: ModelRef) -> str:
+    """The task of the pigg run behind `ref` (grounding when it is no pigg run)."""
+    import yaml
+
+    from pigg.train.run import RUN_CONFIG
+
+    run = ref.run_dir
+    if run is None or not (run / RUN_CONFIG).exists():
+        return "grounding"
+    return (yaml.safe_load((run / RUN_CONFIG).read_text()) or {}).get("task", "grounding")
+
+
 def run_eval(
     specs: list[str],
     adapter: str | None = None,
@@ -154,6 +166,7 @@ def run_eval(
     radius: float | None = None,
     max_new_tokens: int | None = None,
     loss: bool = False,
+    mode: str = "generate",
 ):
     """`pigg eval`: resolve the models ("base" = the base of the others), read and check the samples
     once, evaluate every model on them, write the report; returns the JSON's path."""
@@ -169,8 +182,18 @@ def run_eval(
         raise ConfigError("'base' means the base model of the other models given; name at least one")
     refs = [base_of(named[0]) if s == "base" else named.pop(0) for s in specs]
     anchor = next(r for r in refs if r.label != "base")
-    cfg = _eval_config(anchor, data, users, max_samples)
     out = Path(out) if out is not None else (anchor.run_dir or Path("eval_out")) / "eval"
+    if _run_task(anchor) == "classify":
+        from pigg.classification.evaluate import classify_config, run_classify_eval
+
+        cfg = classify_config(anchor, data, max_samples)
+        samples = prepare_data(cfg, run_dir=out).train
+        print(f"evaluating {', '.join(r.label for r in refs)} on {len(samples)} samples of {cfg.data.path}")
+        modes = ("generate", "likelihood") if mode == "both" else (mode,)
+        return run_classify_eval(refs, cfg, samples, out, modes, batch_size or cfg.eval.batch_size)
+    if mode != "generate":
+        raise ConfigError(f"--mode {mode}: scoring by likelihood is for classification runs (task: classify)")
+    cfg = _eval_config(anchor, data, users, max_samples)
     settings = EvalSettings(
         batch_size=batch_size or cfg.eval.batch_size,
         radius=radius or cfg.eval.radius,
