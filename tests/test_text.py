@@ -295,3 +295,70 @@ def test_likelihood_scores_each_label_answer_and_picks_the_most_likely(tiny_text
         want = sum(logp[row, k - 1, batch["labels"][row, k]] for k in positions.tolist())
         torch.testing.assert_close(scores[row], want, rtol=1e-4, atol=1e-4)
         assert len(positions) == len(agent.processor.tokenizer.encode(f'{{"category":"{LABELS[row]}"}}')) + 1
+
+
+# ---------------------------------------------------------------- the commands, end to end
+
+
+def test_text_lora_run_evaluates_merges_and_plots_from_the_cli(tiny_text_model, news, tmp_path):
+    """LoRA on the text model through `pigg train`, then `pigg eval --mode both`, `pigg merge` and
+    `pigg data stats`: the classification report's files and fields, a merged model that answers as
+    the adapter did, and the data plots."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from pigg.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    config = tmp_path / "text.yaml"
+    cfg = text_config(
+        tiny_text_model, news[0], "train.method=lora", f"train.output_dir={run}", "train.max_steps=4",
+        "train.batch_size=8", "train.learning_rate=1e-3", f"train.log_dir={tmp_path / 'logs'}",
+        "data.packing=true", test=news[1],
+    )  # fmt: skip
+    config.write_text(cfg.to_yaml())
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "pigg_run.json").read_text())
+    assert summary["family"] == "qwen2" and summary["method"] == "lora" and summary["steps"] == 4
+    assert (run / "adapter_config.json").exists() and (run / "tokenizer_config.json").exists()
+
+    result = runner.invoke(app, ["eval", "--compare", f"base,{run}", "--mode", "both", "--max-samples", "8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "eval" / "classification.json").read_text())
+    assert set(report["results"]) == {"base", "base (likelihood)", "run", "run (likelihood)"}
+    tuned = report["results"]["run"]
+    assert tuned["score"]["total"] == 8 and len(tuned["score"]["confusion"]) == 4
+    assert set(tuned["throughput"]) >= {
+        "items_per_second",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "tokens_per_second",
+    }
+    predictions = (run / "eval" / tuned["predictions"]).read_text().splitlines()
+    assert len(predictions) == 8 and set(json.loads(predictions[0])) >= {"source", "gold", "predicted", "raw"}
+    assert (run / "eval" / "confusion.png").stat().st_size > 10_000
+    assert "| accuracy |" in (run / "eval" / "classification.md").read_text()
+
+    merged = tmp_path / "merged"
+    result = runner.invoke(app, ["merge", str(run), "--out", str(merged)])
+    assert result.exit_code == 0, result.output
+    from pigg.grounding.agent import Agent, resolve_model
+
+    samples = read_classification(news[1], NEWS).samples[:3]
+    answers = []
+    for spec in (str(run), str(merged)):
+        agent = Agent.load(resolve_model(spec), max_new_tokens=8)
+        result = evaluate_classifier(agent, samples, NEWS, ("likelihood",), 3)[0]
+        answers.append([p.log_likelihoods for p in result.predictions])
+    for adapter, full in zip(*answers, strict=True):
+        assert adapter == pytest.approx(full, abs=1e-3)
+    assert yaml.safe_load((merged / "pigg_config.yaml").read_text())["task"] == "classify"
+
+    result = runner.invoke(app, ["data", "stats", str(config), "--out", str(tmp_path / "stats")])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "stats" / "data_stats.json").read_text())
+    assert stats["splits"]["train"]["counts"] == {label: 16 for label in LABELS}
+    assert stats["splits"]["eval"]["tokens"]["samples"] == 16
+    assert (tmp_path / "stats" / "classes.png").exists() and (tmp_path / "stats" / "lengths.png").exists()

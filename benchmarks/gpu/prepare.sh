@@ -4,8 +4,8 @@
 # device call carries:
 #   .whl/  wheels: pydantic (missing there), typer, liger-kernel, bitsandbytes, DeepSpeed, and pigg's
 #          tested transformers and peft versions (the image has other ones)
-#   .gpu/  the Qwen3-VL-8B config and processor from ../shared/assets (no weights; ../shared does not
-#          travel with the working tree)
+#   .gpu/  the Qwen3-VL-8B and Qwen2.5-7B configs and processors from ../shared/assets (no weights;
+#          ../shared does not travel with the working tree)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 exclude=$(git rev-parse --git-path info/exclude)
@@ -50,4 +50,5 @@ assets=${ASSETS:-../shared/assets}
 rm -rf .gpu && mkdir .gpu
 cp -r "$assets/qwen3-vl-8b-instruct" .gpu/
 rm -f .gpu/qwen3-vl-8b-instruct/model.safetensors.index.json  # names weight files that are not there
+cp -r "$assets/qwen2.5-7b-instruct" .gpu/  # run.sh text: seed 004's model
 du -sh .whl .gpu

@@ -13,6 +13,9 @@
 #   bash benchmarks/gpu/run.sh logits      the output layer: seed recipe, default (logits only at trained
 #                                          positions), default with full logits, chunked; then the largest
 #                                          micro-batch without checkpointing, with and without full logits
+#   bash benchmarks/gpu/run.sh text        seed 004: Qwen2.5-7B full fine-tuning on news articles with seed
+#                                          004's length spread (mean ~170 tokens, tail to ~450): padded
+#                                          micro-batches vs packed rows of 512, flash-attention where installed
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -109,8 +112,15 @@ logits)
         done
     done
     ;;
+text)
+    text_model=/tmp/pigg_gpu/qwen2.5-7b-instruct-random news=/tmp/pigg_gpu/news.jsonl
+    [ -d "$text_model" ] || pigg model random "${TEXT_SOURCE:-.gpu/qwen2.5-7b-instruct}" "$text_model" --device "${DEVICE:-cuda}"
+    [ -f "$news" ] || pigg data synth-news "$news" --count 2000
+    pigg bench configs/seed004_agnews_full.yaml model.name="$text_model" data.path="$news" data.eval_path=null \
+        ${EXTRA:-} "${steps[@]}" --out "$OUT/text" --paths "${TEXT_PATHS:-baseline,default,default+packing}"
+    ;;
 *)
-    echo "usage: run.sh lora|selective|approaches|logits|engines" >&2
+    echo "usage: run.sh lora|selective|approaches|logits|engines|text" >&2
     exit 2
     ;;
 esac

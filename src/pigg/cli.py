@@ -346,6 +346,18 @@ def data_stats(
     print(path)
 
 
+@data_app.command("synth-news")
+def data_synth_news(
+    out: Annotated[Path, typer.Argument(help="the JSONL file to write")],
+    count: Annotated[int, typer.Option(help="articles (the 4 classes in equal shares)")] = 1000,
+    seed: int = 0,
+):
+    """Synthetic 4-class news articles in seed 004's chat rows, with its length spread (for task: classify)."""
+    from pigg.data.synthetic_text import synthesize_news
+
+    print(f"wrote {count} articles to {synthesize_news(out, count, seed)}")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="folder to write user_<id>.pkl files and images/ into")],

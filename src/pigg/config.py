@@ -77,7 +77,10 @@ class ModelSection(_Section):
     name: str = Field(description="hub id (Qwen/Qwen3-VL-8B-Instruct) or a local folder")
     family: Literal["auto", "qwen3_vl", "qwen2_5_vl", "qwen2", "qwen3"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    # None: transformers' default (sdpa); auto: flash_attention_2 where it can run (CUDA and the flash-attn
+    # package; packed rows then become variable-length boundaries), else the default; flash_attention_2
+    # without it is an error from transformers at load time.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
     # QLoRA (seed 003): the LLM's linear layers loaded as bitsandbytes 4-bit NF4 with double quantization,

@@ -76,18 +76,29 @@ def model_card(folder: Path) -> str:
     adapter = _read_json(folder / "adapter_config.json")
     base = merge.get("base_model") or run.get("base_model") or adapter.get("base_model_name_or_path", "")
     is_adapter = bool(adapter) and not merge
+    config = folder / "pigg_config.yaml"
+    settings = (yaml.safe_load(config.read_text()) or {}) if config.exists() else {}
+    classify = settings.get("task") == "classify"
     front = {
         "library_name": "peft" if is_adapter else "transformers",
-        "pipeline_tag": "image-text-to-text",
-        "tags": ["pigg", "gui-agent", "gui-grounding", *(["lora"] if adapter or merge else [])],
+        "pipeline_tag": "text-generation" if classify else "image-text-to-text",
+        "tags": ["pigg", *(["text-classification"] if classify else ["gui-agent", "gui-grounding"])]
+        + (["lora"] if adapter or merge else []),
     }
     if base and not Path(base).exists():  # a hub id, not a local folder
         front["base_model"] = base
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {folder.name}", ""]
-    lines.append(
-        "A GUI agent trained with [pigg](https://github.com/pigg-project/pigg): given a screenshot and an "
-        "instruction, it answers where to click."
-    )
+    if classify:
+        labels = ", ".join(settings.get("classify", {}).get("labels", []))
+        lines.append(
+            "A text classifier trained with [pigg](https://github.com/pigg-project/pigg): given a text, it "
+            f"answers with its class ({labels})."
+        )
+    else:
+        lines.append(
+            "A GUI agent trained with [pigg](https://github.com/pigg-project/pigg): given a screenshot and an "
+            "instruction, it answers where to click."
+        )
     if base:
         lines += ["", f"Base model: `{base}`" + (" (LoRA adapter)" if is_adapter else "")]
     if merge:
@@ -102,10 +113,16 @@ def model_card(folder: Path) -> str:
             f"- loss: {run.get('first_loss')} → {run.get('last_loss')}",
             f"- wall time: {run.get('train_seconds')} s",
         ]
-    config = folder / "pigg_config.yaml"
     if config.exists():
         lines += ["", "## Config", "", "```yaml", config.read_text().strip(), "```"]
     evaluation = _read_json(folder / "eval" / "eval.json")
+    scored = _read_json(folder / "eval" / "classification.json")
+    if scored:
+        summary = {
+            name: {k: r[k] for k in ("accuracy", "macro_f1", "parse_failures")}
+            for name, r in scored["results"].items()
+        }
+        lines += ["", "## Evaluation", "", "```json", json.dumps(summary, indent=1), "```"]
     if evaluation:
         lines += ["", "## Evaluation", "", "```json", json.dumps(evaluation.get("models", evaluation))[:4000]]
         lines.append("```")
@@ -114,7 +131,12 @@ def model_card(folder: Path) -> str:
         "",
         "## Use",
         "",
-        f"Load with `{usage}`, or `pigg predict --model REPO --image S.png --prompt ...`.",
+        f"Load with `{usage}`, or "
+        + (
+            "`pigg eval --compare base,RUN`."
+            if classify
+            else "`pigg predict --model REPO --image S.png --prompt ...`."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

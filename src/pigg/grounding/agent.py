@@ -63,6 +63,15 @@ def _has_processor(folder: Path, text_only: bool = False) -> bool:
     )
 
 
+def _text_only(base: str) -> bool:
+    """Whether `base` is a text family's model; False when that cannot be told (a hub id not cached here,
+    a folder without config.json: the model's loading then says what is missing)."""
+    try:
+        return not resolve_family(base).has_vision
+    except ConfigError:
+        return False
+
+
 def user_adapter_dir(run_dir: Path, user: int) -> Path:
     return Path(run_dir) / USERS_DIR / str(user)
 
@@ -102,7 +111,7 @@ def resolve_model(spec: str, adapter: str | None = None, user: int | None = None
             )
         adapters.append(str(user_dir))
     # The processor comes from the outermost folder that holds one (runs save theirs), else the base.
-    text_only = not resolve_family(base).has_vision
+    text_only = _text_only(base)
     processor_from = next(
         (a for a in [spec, *reversed(adapters)] if _has_processor(Path(a), text_only)), base
     )

@@ -263,7 +263,7 @@ def build_random(
 
     Speed and memory do not depend on the weights' values, so benchmarks run on these; their answers are
     noise. Weights are initialised on `device` ("cuda" makes an 8B model in seconds)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     from pigg.errors import ConfigError
     from pigg.models.loading import load_processor, resolve_family
@@ -272,10 +272,12 @@ def build_random(
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; give an empty or new folder")
     config = AutoConfig.from_pretrained(source)
-    processor = load_processor(str(source), resolve_family(str(source)))
+    family = resolve_family(str(source))
+    processor = load_processor(str(source), family)
     torch.manual_seed(seed)
+    auto = AutoModelForImageTextToText if family.has_vision else AutoModelForCausalLM
     with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, dtype))
+        model = auto.from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "README.md").write_text(

@@ -405,7 +405,8 @@ def _model_shape(cfg: ExperimentConfig) -> dict:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(cfg.model.name)
-    text, vision = config.text_config, config.vision_config
+    # a vision-language config nests its parts; a text model's config is the language model itself
+    text, vision = getattr(config, "text_config", config), getattr(config, "vision_config", None)
     return {
         "name": cfg.model.name,
         "model_type": config.model_type,
@@ -421,7 +422,9 @@ def markdown(report: dict) -> str:
     lines = [
         machine_line(report),
         f"model: {report['model']['name']} ({report['model']['llm_layers']} LLM layers, hidden "
-        f"{report['model']['hidden_size']}, vision depth {report['model']['vision_depth']}); data: "
+        f"{report['model']['hidden_size']}, "
+        + (f"vision depth {depth}" if (depth := report["model"]["vision_depth"]) is not None else "text-only")
+        + "); data: "
         f"{report['data']['text_tokens_per_sample']} text + {report['data']['image_tokens_per_sample']} image tokens "
         f"per sample, effective batch {report['data']['effective_batch']}; {report['settings']['steps']} timed steps "
         f"x {report['settings']['repeat']} repeats, interleaved",

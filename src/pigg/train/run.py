@@ -288,6 +288,16 @@ def _fsdp_arguments(cfg: ExperimentConfig, model, family: Family) -> dict:
     }
 
 
+def attention(setting: str | None, cuda: bool) -> str | None:
+    """What `model.attn_implementation` asks transformers for: `auto` is flash_attention_2 where it can
+    run (CUDA and flash-attn installed) and transformers' default otherwise."""
+    import importlib.util
+
+    if setting != "auto":
+        return setting
+    return "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") is not None else None
+
+
 def _checkpointing(cfg: ExperimentConfig, cuda: bool) -> bool:
     setting = cfg.train.gradient_checkpointing
     return cuda if setting == "auto" else setting
@@ -327,7 +337,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         cfg.model.name,
         dtype,
         _device_map(cfg, data.family, cuda, dtype),
-        cfg.model.attn_implementation,
+        attention(cfg.model.attn_implementation, cuda),
         _quantization(cfg, data.family, dtype),
     )
     if cfg.model.quantization and dtype == torch.float16:
