@@ -315,13 +315,14 @@ def test_text_lora_run_evaluates_merges_and_plots_from_the_cli(tiny_text_model, 
     cfg = text_config(
         tiny_text_model, news[0], "train.method=lora", f"train.output_dir={run}", "train.max_steps=4",
         "train.batch_size=8", "train.learning_rate=1e-3", f"train.log_dir={tmp_path / 'logs'}",
-        "data.packing=true", test=news[1],
+        "data.packing=true", "train.eval=true", "train.eval_steps=4", test=news[1],
     )  # fmt: skip
     config.write_text(cfg.to_yaml())
     result = runner.invoke(app, ["train", str(config)])
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "pigg_run.json").read_text())
     assert summary["family"] == "qwen2" and summary["method"] == "lora" and summary["steps"] == 4
+    assert [step for step, _ in summary["eval_losses"]] == [4]  # on data.eval_path
     assert (run / "adapter_config.json").exists() and (run / "tokenizer_config.json").exists()
 
     result = runner.invoke(app, ["eval", "--compare", f"base,{run}", "--mode", "both", "--max-samples", "8"])

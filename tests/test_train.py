@@ -108,7 +108,7 @@ def test_eval_split_by_held_out_fraction(tiny_config):
     assert (len(data.train), len(data.eval)) == (18, 6)
     assert {s.source for s in data.train}.isdisjoint(s.source for s in data.eval)
     assert [s.source for s in data.eval] == [s.source for s in again.eval]  # seeded
-    with pytest.raises(ConfigError, match="needs data.test_users or data.eval_fraction"):
+    with pytest.raises(ConfigError, match="needs data.eval_path, data.test_users or data.eval_fraction"):
         prepare_data(tiny_config("train.eval=true"))
 
 
