@@ -363,3 +363,20 @@ def test_text_lora_run_evaluates_merges_and_plots_from_the_cli(tiny_text_model, 
     assert stats["splits"]["train"]["counts"] == {label: 16 for label in LABELS}
     assert stats["splits"]["eval"]["tokens"]["samples"] == 16
     assert (tmp_path / "stats" / "classes.png").exists() and (tmp_path / "stats" / "lengths.png").exists()
+
+
+def test_text_demo_writes_its_summary_and_learns(tmp_path):
+    """`pigg demo text`, shortened: the summary's contract (base and tuned accuracy and macro-F1,
+    items/s), the PNGs, and a tuned model far above the base on held-out articles."""
+    from pigg.demo import run_text_demo
+
+    path = run_text_demo(
+        tmp_path / "demo", train_articles=640, test_articles=48, overrides=["train.max_steps=40"]
+    )
+    summary = json.loads(path.read_text())
+    for name in ("base", "tuned"):
+        assert 0 <= summary[name]["accuracy"] <= 1 and 0 <= summary[name]["macro_f1"] <= 1
+    assert summary["items_per_second"] > 0 and summary["training"]["steps"] == 40
+    assert summary["tuned"]["accuracy"] >= summary["base"]["accuracy"] + 0.3
+    pngs = {p.rsplit("/", 1)[-1] for p in summary["reports"]["pngs"]}
+    assert {"confusion.png", "classes.png", "lengths.png"} <= pngs

@@ -41,8 +41,11 @@ pigg() { $python -m pigg.cli "$@"; }
 
 source_model=${SOURCE:-.gpu/qwen3-vl-8b-instruct}
 model=/tmp/pigg_gpu/$(basename "$source_model")-random data=/tmp/pigg_gpu/gui-1280x800
-[ -d "$model" ] || pigg model random "$source_model" "$model" --device "${DEVICE:-cuda}"
-[ -d "$data" ] || pigg data synth "$data" --users 4 --per-user 40 --screen 1280x800
+# the 8B and its screens, for the modes that train it (engines and text build their own models)
+case "${1:-lora}" in lora|selective|approaches|logits)
+    [ -d "$model" ] || pigg model random "$source_model" "$model" --device "${DEVICE:-cuda}"
+    [ -d "$data" ] || pigg data synth "$data" --users 4 --per-user 40 --screen 1280x800
+esac
 on_data=(model.name=$model data.path=$data data.train_users=all data.test_users=null train.eval=false ${EXTRA:-})
 steps=(--warmup "${WARMUP:-2}" --steps "${STEPS:-5}" --repeat "${REPEAT:-2}")
 

@@ -79,10 +79,13 @@ def run_demo(out: Path, users: int = 12, per_user: int = 80) -> Path:
     return path
 
 
-def run_text_demo(out: Path, train_articles: int = 2400, test_articles: int = 400) -> Path:
+def run_text_demo(
+    out: Path, train_articles: int = 2400, test_articles: int = 400, overrides: list[str] | None = None
+) -> Path:
     """Seed 004 in miniature: synthetic news, a tiny Qwen2.5, full fine-tuning, base vs tuned by
     generation (and by likelihood), data plots; returns the summary JSON's path (`base` and `tuned` with
-    `accuracy` and `macro_f1`, and the tuned model's `items_per_second`)."""
+    `accuracy` and `macro_f1`, and the tuned model's `items_per_second`). `overrides` go on top of
+    configs/demo_text.yaml."""
     import torch
 
     from pigg.classification.evaluate import classify_config, run_classify_eval
@@ -110,6 +113,7 @@ def run_text_demo(out: Path, train_articles: int = 2400, test_articles: int = 40
         f"data.eval_path={data_dir / 'test.jsonl'}",
         f"train.log_dir={out / 'logs'}",
         f"train.output_dir={run_dir}",
+        *(overrides or []),
     ]
     cfg = load_config(TEXT_DEMO_CONFIG, overrides)
     print("[3/5] the data: class distribution and lengths")

@@ -51,12 +51,17 @@ def bench_eval(
     """Time every batch size `repeat` times, interleaved; write OUT/bench_eval.json and .md, return the
     JSON's path."""
     from pigg.grounding.agent import Agent, resolve_model
-    from pigg.grounding.evaluate import _eval_config, score_clicks
+    from pigg.grounding.evaluate import _eval_config, _run_task, score_clicks
     from pigg.train.run import prepare_data
 
     if not batch_sizes or min(batch_sizes) < 1 or repeat < 1:
         raise ConfigError(f"--batch-sizes must be positive integers and --repeat >= 1, not {batch_sizes}")
     ref = resolve_model(model, adapter, user)
+    if _run_task(ref) == "classify":
+        raise ConfigError(
+            f"{model} is a classification run: its throughput (items/s, latency p50/p95, tokens/s) is in "
+            "`pigg eval`'s report; vary --batch-size there"
+        )
     cfg = _eval_config(ref, data, users, max_samples)
     with tempfile.TemporaryDirectory(prefix="pigg_bench_eval_") as scratch:
         prepared = prepare_data(cfg, run_dir=Path(scratch))

@@ -271,8 +271,8 @@ def build_random(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty; give an empty or new folder")
+    family = resolve_family(str(source))  # a missing folder or unreadable config is a ConfigError here
     config = AutoConfig.from_pretrained(source)
-    family = resolve_family(str(source))
     processor = load_processor(str(source), family)
     torch.manual_seed(seed)
     auto = AutoModelForImageTextToText if family.has_vision else AutoModelForCausalLM
