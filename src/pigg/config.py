@@ -94,6 +94,16 @@ class DataSection(_Section):
         description="a folder of user_<id>.pkl files or a .jsonl file; for task: classify also .csv, "
         ".tsv or .parquet"
     )
+    # What data.path holds: pigg (user_<id>.pkl folders, pigg JSONL), llamafactory (sharegpt / openai /
+    # alpaca JSON or JSONL with <image> placeholders, or a dataset_info.json), swift (ms-swift JSONL), hf
+    # (save_to_disk folder, parquet, arrow), screenspot (ScreenSpot v1/v2/Pro annotations); auto: from
+    # its content (docs/formats.md).
+    format: Literal["auto", "pigg", "llamafactory", "swift", "hf", "screenspot"] = "auto"
+    # data.format=llamafactory with a dataset_info.json registering several datasets: which one.
+    dataset: str | None = None
+    # The screenshots of ScreenSpot annotations (default: screenspot_imgs/ or images/ where the
+    # benchmarks put them).
+    images: str | None = None
     # A second file of the same kind, held out: evaluation during training (train.eval) and `pigg eval`
     # of a classification run read it (grounding data selects data.test_users instead).
     eval_path: str | None = None

@@ -294,13 +294,41 @@ def read_jsonl(path: Path, users: list[int] | None) -> ReadResult:
     return result
 
 
-def read_samples(path: str | Path, users: list[int] | None) -> ReadResult:
-    """Read a folder of user_<id>.pkl files or a .jsonl file, keeping only `users` (None: all)."""
+def read_samples(
+    path: str | Path,
+    users: list[int] | None,
+    fmt: str = "auto",
+    dataset: str | None = None,
+    images: str | None = None,
+) -> ReadResult:
+    """Read `path` in its format (`fmt`, or detected: data.formats), keeping only `users` (None: all).
+
+    pigg's own: a folder of user_<id>.pkl files or a .jsonl file. The others (LLaMA-Factory, ms-swift,
+    Hugging Face datasets, ScreenSpot) carry no user ids unless their rows have a `user_id`."""
+    from pigg.data import formats
+
     path = Path(path)
-    if path.is_dir():
-        return read_pickle_dir(path, users)
-    if path.is_file() and path.suffix == ".jsonl":
-        return read_jsonl(path, users)
     if not path.exists():
         raise DataError(f"data.path {path} does not exist")
-    raise DataError(f"data.path {path} is neither a folder of user_<id>.pkl files nor a .jsonl file")
+    fmt = formats.detect_format(path) if fmt == "auto" else fmt
+    if fmt == "pigg":
+        if path.is_dir():
+            return read_pickle_dir(path, users)
+        if path.is_file() and path.suffix == ".jsonl":
+            return read_jsonl(path, users)
+        raise DataError(f"data.path {path} is neither a folder of user_<id>.pkl files nor a .jsonl file")
+    if fmt in ("llamafactory", "swift"):
+        result = formats.read_llamafactory(path, dataset)
+    elif fmt == "hf":
+        result = formats.read_hf(path)
+    elif fmt == "screenspot":
+        result = formats.read_screenspot(path, images)
+    else:
+        raise DataError(f"data.format {fmt!r} is not one pigg reads")
+    if users is not None:
+        if not any(s.user_id is not None for s in result.samples):
+            raise DataError(
+                f"{path} ({fmt}) has no user ids: select every sample (data.train_users: all) or add user_id"
+            )
+        result.samples = [s for s in result.samples if s.user_id in users]
+    return result

@@ -65,6 +65,7 @@ def score_clicks(samples: list[Sample], clicks: list[Click], radius: float) -> l
                 hit=hit,
                 distance_px=distance,
                 distance_frac=fraction,
+                categories=dict(sample.meta.get("categories") or {}),
             )
         )
     return scores
@@ -122,7 +123,7 @@ def _eval_config(ref: ModelRef, data: str | None, users: str | None, max_samples
 
     overrides = [f"model.name={ref.base}", "train.eval=false"]
     if data is not None:
-        overrides.append(f"data.path={data}")
+        overrides += [f"data.path={data}", "data.format=auto"]  # the run's own format may not be this one's
     if max_samples is not None:
         overrides.append(f"data.max_samples={max_samples}")
     run = ref.run_dir
@@ -133,6 +134,8 @@ def _eval_config(ref: ModelRef, data: str | None, users: str | None, max_samples
     else:
         cfg = build_config({"model": {"name": ref.base}, "data": {"path": data}}, overrides)
     selected = users if users is not None else cfg.data.test_users
+    if selected is None and _without_users(cfg):
+        selected = "all"  # ScreenSpot, LLaMA-Factory, ...: every sample
     if selected is None:
         raise ConfigError(
             "which users? pass --users (e.g. --users 1-10)"
@@ -140,6 +143,16 @@ def _eval_config(ref: ModelRef, data: str | None, users: str | None, max_samples
         )
     cfg.data.train_users = selected
     return cfg
+
+
+def _without_users(cfg) -> bool:
+    """Whether the evaluation data is in a format without users (anything but pigg's own)."""
+    from pathlib import Path
+
+    from pigg.data.formats import detect_format
+
+    fmt = cfg.data.format if cfg.data.format != "auto" else detect_format(Path(cfg.data.path))
+    return fmt != "pigg"
 
 
 def _run_task(ref: ModelRef) -> str:

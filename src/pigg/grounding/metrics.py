@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from pigg.data.sample import Target
 
@@ -31,6 +31,8 @@ class ClickScore:
     hit: bool
     distance_px: float | None  # to the target point (or the box centre)
     distance_frac: float | None  # the same as a fraction of the screenshot diagonal
+    # a benchmark's own categories (ScreenSpot: ui_type, platform, application, group, source)
+    categories: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -84,11 +86,22 @@ def summarize(scores: list[ClickScore]) -> dict:
 
 
 def breakdown(scores: list[ClickScore]) -> dict:
-    """Overall, per user and per kind summaries."""
+    """Overall, per user and per kind summaries, and per value of each benchmark category (as the
+    ScreenSpot papers' tables break accuracy down: text vs icon, platform, application, group)."""
     users = sorted({s.user_id for s in scores}, key=lambda u: (u is None, u))
     kinds = sorted({s.kind for s in scores})
-    return {
+    out = {
         "overall": summarize(scores),
         "per_user": {str(u): summarize([s for s in scores if s.user_id == u]) for u in users},
         "per_kind": {k: summarize([s for s in scores if s.kind == k]) for k in kinds},
     }
+    names = sorted({name for s in scores for name in s.categories})
+    if names:
+        out["per_category"] = {
+            name: {
+                value: summarize([s for s in scores if s.categories.get(name) == value])
+                for value in sorted({s.categories[name] for s in scores if name in s.categories})
+            }
+            for name in names
+        }
+    return out

@@ -56,6 +56,12 @@ def markdown_tables(results: list[ModelEval], summaries: list[dict]) -> str:
         for key in keys:
             accs = " | ".join(_pct(s[section][key]["accuracy"]) for s in summaries)
             lines.append(f"| {key} | {summaries[0][section][key]['samples']} | {accs} |")
+    for name, values in summaries[0].get("per_category", {}).items():  # ScreenSpot's own breakdowns
+        lines += ["", f"| {name} | samples | " + " | ".join(r.label for r in results) + " |"]
+        lines.append("|---|---|" + "---|" * len(results))
+        for value, first in values.items():
+            accs = " | ".join(_pct(s["per_category"][name][value]["accuracy"]) for s in summaries)
+            lines.append(f"| {value} | {first['samples']} | {accs} |")
     return "\n".join(lines) + "\n"
 
 

@@ -90,7 +90,8 @@ def read_data(cfg: ExperimentConfig, path: str, users_spec) -> ReadResult:
         from pigg.data.tables import read_classification
 
         return read_classification(path, cfg.classify)
-    return read_samples(path, parse_users(users_spec))
+    data = cfg.data
+    return read_samples(path, parse_users(users_spec), data.format, data.dataset, data.images)
 
 
 def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True) -> PreparedData:
