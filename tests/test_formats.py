@@ -5,6 +5,7 @@ rendered exactly as pigg's own format renders the same samples."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -316,3 +317,85 @@ def test_screenspot_pro_boxes_and_the_eval_breakdown_by_its_categories(tiny_mode
     assert set(categories) == {"ui_type", "platform", "application", "group"}
     assert set(categories["group"]) == {"Dev", "Creative"} and categories["ui_type"]["icon"]["samples"] == 1
     assert "| application | samples |" in (out / "eval.md").read_text()
+
+
+# ---------------------------------------------------------------- free-text answers
+
+
+def test_exact_match_and_token_f1_by_hand():
+    from pigg.freetext import exact_match, token_f1
+
+    assert exact_match("The red button.", "red  button") == 1.0 and exact_match("red", "blue") == 0.0
+    # prediction "white circle red" vs reference "white circle blue background": 2 common tokens
+    assert token_f1("A white circle, red", "white circle on blue background") == pytest.approx(
+        2 * (2 / 3) * (2 / 5) / (2 / 3 + 2 / 5)
+    )
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+
+
+def test_similarity_is_zero_for_identical_answers_and_worse_for_shuffled_references(tiny_model):
+    from pigg.freetext import similarity_scores
+    from pigg.models.families import get_family
+    from pigg.models.loading import load_model, load_processor
+
+    model = load_model(str(tiny_model), torch.float32).eval()
+    tokenizer = load_processor(str(tiny_model), get_family("qwen3_vl")).tokenizer
+    answers = [
+        "A white circle on a red background.",
+        "click the login button",
+        "open the settings menu",
+        "tap Search",
+    ]
+    same = similarity_scores(model, tokenizer, answers, answers)
+    assert max(same) < 1e-5
+    shuffled = similarity_scores(model, tokenizer, answers, answers[1:] + answers[:1])
+    assert min(shuffled) > 1e-3 and sum(shuffled) / 4 > sum(same) / 4
+    assert similarity_scores(model, tokenizer, [""], ["tap Search"]) == [1.0]  # an empty answer is far
+
+
+def test_llamafactory_description_data_trains_and_similarity_improves(tiny_model, tmp_path):
+    """Issue 16's path from a LLaMA-Factory dataset folder: `pigg train` on it, then `pigg eval --metric
+    similarity` base vs tuned on held-out pictures, its JSON path printed last."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from pigg.cli import app
+    from pigg.data.synthetic_describe import synthesize_descriptions
+
+    data = synthesize_descriptions(tmp_path / "describe", 96, seed=0)
+    held_out = synthesize_descriptions(tmp_path / "held_out", 16, seed=5)
+    run = tmp_path / "run"
+    config = tmp_path / "describe.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": str(tiny_model)},
+                "data": {"path": str(data), "max_length": 256, "image_cache": None},
+                "train": {"method": "full", "learning_rate": 2e-3, "batch_size": 8, "max_steps": 40, "warmup_steps": 5,
+                          "output_dir": str(run), "report_to": [], "num_workers": 0, "log_dir": str(tmp_path / "logs")},
+                "vision": {"method": "full"},
+                "aligner": "full",
+            }
+        )
+    )  # fmt: skip
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["eval", "--compare", f"base,{run}", "--data", str(held_out), "--metric", "similarity"]
+    )
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip().splitlines()[-1]
+    report = json.loads(Path(path).read_text())["models"]
+    assert (
+        report["base"]["similarity"] > 0.3 and report["run"]["similarity"] < report["base"]["similarity"] / 3
+    )
+    assert report["run"]["token_f1"] > report["base"]["token_f1"] + 0.4
+    rows = (run / "eval" / report["run"]["answers"]).read_text().splitlines()
+    assert len(rows) == 16 and set(json.loads(rows[0])) >= {
+        "answer",
+        "reference",
+        "similarity",
+        "exact_match",
+        "token_f1",
+    }

@@ -358,6 +358,19 @@ def data_synth_news(
     print(f"wrote {count} articles to {synthesize_news(out, count, seed)}")
 
 
+@data_app.command("synth-describe")
+def data_synth_describe(
+    out: Annotated[Path, typer.Argument(help="folder for the pictures, describe.json and dataset_info.json")],
+    count: Annotated[int, typer.Option(help="pictures")] = 200,
+    seed: int = 0,
+):
+    """A tiny description task in LLaMA-Factory's format (pictures whose description says what is drawn),
+    for free-text training and `pigg eval --metric similarity`."""
+    from pigg.data.synthetic_describe import synthesize_descriptions
+
+    print(f"wrote {count} described pictures to {synthesize_descriptions(out, count, seed)}")
+
+
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Argument(help="folder to write user_<id>.pkl files and images/ into")],
@@ -483,11 +496,23 @@ def evaluate(
             "label, no generation) or both"
         ),
     ] = "generate",
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="click (grounding), or similarity for free-text answers: seed 003's embedding distance, "
+            "exact match and token F1"
+        ),
+    ] = "click",
+    embed_with: Annotated[
+        str, typer.Option(help="--metric similarity: self (each model, as seed 003), base, or a model folder")
+    ] = "self",
 ):
     """Click accuracy of a model, or of several side by side (--compare base,RUN), with a report; for a
     classification run (task: classify) accuracy, macro-F1, per-class scores, confusion PNG, throughput."""
     if mode not in ("generate", "likelihood", "both"):
         raise PiggError(f"--mode {mode!r}: use generate, likelihood or both")
+    if metric not in ("click", "similarity"):
+        raise PiggError(f"--metric {metric!r}: use click or similarity")
     from pigg.grounding.evaluate import run_eval
 
     specs = [s.strip() for s in compare.split(",")] if compare else []
@@ -508,6 +533,8 @@ def evaluate(
         max_new_tokens=max_new_tokens,
         loss=loss,
         mode=mode,
+        metric=metric,
+        embed_with=embed_with,
     )
     print(path)
 

@@ -180,6 +180,8 @@ def run_eval(
     max_new_tokens: int | None = None,
     loss: bool = False,
     mode: str = "generate",
+    metric: str = "click",
+    embed_with: str = "self",
 ):
     """`pigg eval`: resolve the models ("base" = the base of the others), read and check the samples
     once, evaluate every model on them, write the report; returns the JSON's path."""
@@ -220,6 +222,10 @@ def run_eval(
     print(
         f"evaluating {', '.join(r.label for r in refs)} on {len(samples)} samples of users {cfg.data.train_users}"
     )
+    if metric == "similarity":  # free-text answers (descriptions, VQA): seed 003's score
+        from pigg.freetext import evaluate_freetext
+
+        return evaluate_freetext(refs, samples, out, embed_with, settings.batch_size, max_new_tokens or 64)
     results = evaluate_models(refs, samples, settings)
     for result in results:
         o = result.summary()["overall"]
