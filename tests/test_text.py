@@ -376,7 +376,7 @@ def test_text_demo_writes_its_summary_and_learns(tmp_path):
     summary = json.loads(path.read_text())
     for name in ("base", "tuned"):
         assert 0 <= summary[name]["accuracy"] <= 1 and 0 <= summary[name]["macro_f1"] <= 1
-    assert summary["items_per_second"] > 0 and summary["training"]["steps"] == 40
+    assert summary["items_per_second"] > 0 and summary["training"]["steps"] == 80
     assert summary["tuned"]["accuracy"] >= summary["base"]["accuracy"] + 0.3
     pngs = {p.rsplit("/", 1)[-1] for p in summary["reports"]["pngs"]}
     assert {"confusion.png", "classes.png", "lengths.png"} <= pngs

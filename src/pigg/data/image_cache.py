@@ -37,10 +37,11 @@ def cache_folder(setting: str | bool | None) -> Path | None:
     return Path(setting).expanduser()
 
 
-def image_cache_for(setting: str | bool | None, image_processor) -> ImageCache | None:
-    """The ImageCache a `data.image_cache` setting names for this processor, or None when it is off (or
-    the model is text-only: no image processor)."""
-    if image_processor is None:
+def image_cache_for(setting: str | bool | None, image_processor, family=None) -> ImageCache | None:
+    """The ImageCache a `data.image_cache` setting names for this processor, or None when it is off, the
+    model is text-only (no image processor) or splits images into tiles (Idefics3: the cache stores
+    Qwen's one resize per image)."""
+    if image_processor is None or (family is not None and family.image_sizing != "qwen"):
         return None
     folder = cache_folder(setting)
     return ImageCache(folder, image_processor) if folder is not None else None

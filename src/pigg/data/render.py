@@ -19,6 +19,8 @@ from pigg.models.coords import format_point, to_model
 from pigg.models.families import Family
 
 IGNORE_INDEX = -100
+# what a processor returns for the images of a sample: Qwen's patches and grid sizes, Idefics3's tiles
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask")
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class Renderer:
         with reading(sample.source):
             return self._encode(sample)
 
-    def _encode(self, sample: Sample) -> dict[str, torch.Tensor]:
+    def _encode(self, sample: Sample, check_length: bool = True) -> dict[str, torch.Tensor]:
         try:
             images = [self.load_image(ref, sample.base_dir) for ref in sample.image_refs()]
         except DataError as exc:
@@ -135,7 +137,7 @@ class Renderer:
         text = render_text(self.processor, self.messages(sample))
         out = self.processor(text=[text], images=images or None, return_tensors="pt")
         ids = out["input_ids"][0]
-        if self.max_length is not None and len(ids) > self.max_length:
+        if check_length and self.max_length is not None and len(ids) > self.max_length:
             raise DataError(
                 f"{sample.source}: {len(ids)} tokens exceed data.max_length={self.max_length}; "
                 "run validation first (it reports where the cut would fall)"
@@ -145,9 +147,13 @@ class Renderer:
         }
         encoded["labels"] = torch.tensor(labels_for(ids.tolist(), self.markers))
         if images:
-            encoded["pixel_values"] = out["pixel_values"]
-            encoded["image_grid_thw"] = out["image_grid_thw"]
+            encoded.update({k: out[k] for k in IMAGE_KEYS if k in out})
         return encoded
+
+    def measure(self, sample: Sample) -> dict[str, torch.Tensor]:
+        """The sample rendered whatever its length (validation measures tiled-image families this way)."""
+        with reading(sample.source):
+            return self._encode(sample, check_length=False)
 
     def vision_filler(self) -> dict[str, torch.Tensor]:
         """A row holding one small blank image and no trained token, for a batch without images.
@@ -165,7 +171,7 @@ class Renderer:
             out = self.processor(text=[text], images=[Image.new("RGB", (32, 32))], return_tensors="pt")
             filler = {k: out[k][0] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in out}
             filler["labels"] = torch.full_like(filler["input_ids"], IGNORE_INDEX)
-            filler["pixel_values"], filler["image_grid_thw"] = out["pixel_values"], out["image_grid_thw"]
+            filler.update({k: out[k] for k in IMAGE_KEYS if k in out})
             self._filler = filler
         return self._filler
 
@@ -191,7 +197,25 @@ def pad_batch(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, 
             rows = [torch.nn.functional.pad(e[key], (0, width - len(e[key])), value=value) for e in encoded]
             batch[key] = torch.stack(rows)
     with_images = [e for e in encoded if "pixel_values" in e]
-    if with_images:
+    if with_images and with_images[0]["pixel_values"].dim() == 5:
+        batch.update(_stack_tiles(encoded))
+    elif with_images:
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
         batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
     return batch
+
+
+def _stack_tiles(encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Tiled images (Idefics3: 1 x tiles x 3 x H x W per row) as one tensor per batch, every row padded to
+    the most tiles with all-zero tiles (and a zero pixel mask), which the model drops, as its processor
+    pads a batch; a row without images gets one such tile."""
+    shape = next(e["pixel_values"] for e in encoded if "pixel_values" in e).shape[2:]
+    most = max(e["pixel_values"].shape[1] for e in encoded if "pixel_values" in e)
+    pixels, masks = [], []
+    for e in encoded:
+        values = e.get("pixel_values", torch.zeros(1, 0, *shape))
+        mask = e.get("pixel_attention_mask", torch.zeros(1, values.shape[1], *shape[1:], dtype=torch.long))
+        fill = most - values.shape[1]
+        pixels.append(torch.cat([values, values.new_zeros(1, fill, *shape)], dim=1))
+        masks.append(torch.cat([mask, mask.new_zeros(1, fill, *shape[1:])], dim=1))
+    return {"pixel_values": torch.cat(pixels), "pixel_attention_mask": torch.cat(masks)}

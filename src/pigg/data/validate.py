@@ -114,7 +114,7 @@ def _check_sample(sample: Sample, renderer: Renderer, special: list[str]):
             f"holds {len(sample.image_refs())} image(s), and the {renderer.family.name} model is text-only"
         )
         return causes
-    token_counts = []
+    token_counts: list[int] | None = [] if renderer.family.image_sizing == "qwen" else None
     size = None
     for k, ref in enumerate(sample.image_refs()):
         try:
@@ -122,6 +122,8 @@ def _check_sample(sample: Sample, renderer: Renderer, special: list[str]):
         except DataError as exc:
             causes.append(f"image {k + 1}: {exc}")
             continue
+        if token_counts is None:
+            continue  # tiled images: measured by rendering the sample (validate)
         try:  # the processor's own limits (Qwen's: aspect ratio under 200), asked, not restated
             token_counts.append(image_token_count(image_processor, width, height))
         except ValueError as exc:
@@ -149,6 +151,8 @@ def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> Vali
     usable = []
     tokens = []
     tokenizer = renderer.processor.tokenizer
+    if renderer.family.image_sizing != "qwen":
+        return _validate_rendered(candidates, renderer, max_length, problems, len(samples))
     for chunk_start in range(0, len(candidates), 1024):
         chunk = candidates[chunk_start : chunk_start + 1024]
         encoded = tokenizer([text for _, text, _ in chunk], add_special_tokens=False)["input_ids"]
@@ -172,6 +176,36 @@ def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> Vali
             image_tokens = sum(stop - start for start, stop in layout.image_spans)
             tokens.append((layout.length - image_tokens, image_tokens))
     return ValidationReport(usable, problems, len(samples), tokens)
+
+
+def _validate_rendered(
+    candidates, renderer: Renderer, max_length: int, problems, checked
+) -> ValidationReport:
+    """Lengths of a tiled-image family's samples (Idefics3: tiles, row markers and a global view per
+    image, which depend on the processor's resizing), measured by rendering each sample."""
+    usable, tokens = [], []
+    for sample, _, _ in candidates:
+        try:
+            encoded = renderer.measure(sample)
+        except DataError as exc:
+            problems.append(Problem(sample.source, str(exc).removeprefix(f"{sample.source}: ")))
+            continue
+        ids = encoded["input_ids"].tolist()
+        images = [i for i, t in enumerate(ids) if t == renderer.markers.image_pad]
+        spans = [(images[0], images[-1] + 1)] if images else []  # every image's tiles, as one stretch
+        layout = Layout(len(ids), spans, assistant_spans(ids, renderer.markers))
+        if not any(stop > start for start, stop in layout.trained_spans):
+            problems.append(
+                Problem(sample.source, "no answer tokens found after rendering the chat template")
+            )
+            continue
+        cause = _length_problem(layout, max_length)
+        if cause:
+            problems.append(Problem(sample.source, cause))
+            continue
+        usable.append(sample)
+        tokens.append((len(ids) - len(images), len(images)))
+    return ValidationReport(usable, problems, checked, tokens)
 
 
 def enforce(report: ValidationReport, on_error: str, run_dir: Path | None = None) -> list[Sample]:

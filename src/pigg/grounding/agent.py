@@ -180,7 +180,7 @@ class Agent:
 
         family = resolve_family(ref.base)
         processor = load_processor(ref.processor_from or ref.base, family)
-        cache = image_cache_for(image_cache, processor.image_processor)
+        cache = image_cache_for(image_cache, processor.image_processor, family)
         renderer = Renderer(processor, family, system_turns_of(ref), image_cache=cache)
         return cls(load_weights(ref, dtype), processor, renderer, max_new_tokens, ref.label)
 
@@ -192,9 +192,11 @@ class Agent:
         """Prompts and their screenshots as model inputs on the model's device."""
         texts = [render_text(self.processor, p, add_generation_prompt=True) for p in prompts]
         flat = [image for group in images for image in group]
+        # Qwen's processors take the batch's images in one list, Idefics3's one list per prompt
+        given = (images if self.family.image_sizing == "tiles" else flat) if flat else None
         # left padding: generation continues every row from its last real token
         inputs = self.processor(
-            text=texts, images=flat or None, padding=True, padding_side="left", return_tensors="pt"
+            text=texts, images=given, padding=True, padding_side="left", return_tensors="pt"
         )
         return inputs.to(self.model.device)
 

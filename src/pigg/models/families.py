@@ -32,6 +32,10 @@ class Family:
     # Whether the chat template renders a system turn itself (then `system_turns: auto` keeps it).
     renders_system_turn: bool
     coordinates: CoordinateConvention | None
+    # How images become tokens: qwen (dynamic resolution: token counts follow from an image's header size,
+    # so validation counts without decoding, and the image cache and packing apply) or tiles (Idefics3:
+    # an image split into fixed tiles plus a global view; lengths are measured by rendering).
+    image_sizing: Literal["qwen", "tiles"] = "qwen"
 
     @property
     def has_vision(self) -> bool:
@@ -84,7 +88,27 @@ QWEN2 = Family(
 )
 QWEN3 = replace(QWEN2, name="qwen3", model_types=("qwen3",))
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_VL, QWEN2_5_VL, QWEN2, QWEN3)}
+# Idefics3 (SigLIP + Llama 3; SmolVLM has its layout): the vision encoder and the connector are siblings
+# under `model`. Turns read "User:...<end_of_utterance>\nAssistant: answer<end_of_utterance>". It has no
+# grounding convention of its own: pigg teaches it Qwen3-VL's relative 0-1000 coordinates.
+IDEFICS3 = Family(
+    name="idefics3",
+    model_types=("idefics3",),
+    vision_tower="model.vision_model",
+    vision_blocks="model.vision_model.encoder.layers",
+    projector=("model.connector",),
+    llm_layers="model.text_model.layers",
+    embeddings="model.text_model.embed_tokens",
+    lm_head="lm_head",
+    assistant_header="Assistant:",
+    turn_end="<end_of_utterance>",
+    image_pad="<image>",
+    renders_system_turn=True,
+    coordinates="relative_1000",
+    image_sizing="tiles",
+)
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_VL, QWEN2_5_VL, QWEN2, QWEN3, IDEFICS3)}
 
 
 def family_for_model_type(model_type: str) -> Family:

@@ -13,7 +13,11 @@ from transformers import AutoConfig
 from pigg.errors import ConfigError
 from pigg.models.families import Family, family_for_model_type, get_family
 
-PROCESSOR_CLASSES = {"qwen3_vl": "Qwen3VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
+PROCESSOR_CLASSES = {
+    "qwen3_vl": "Qwen3VLProcessor",
+    "qwen2_5_vl": "Qwen2_5_VLProcessor",
+    "idefics3": "Idefics3Processor",
+}
 
 
 @functools.cache
@@ -176,6 +180,13 @@ def load_processor(
         raise ConfigError(
             f"{name_or_path}: no chat template found (chat_template.jinja/json or tokenizer_config)"
         )
+    if family.image_sizing != "qwen":
+        if min_pixels is not None or max_pixels is not None:
+            raise ConfigError(
+                f"model.min_pixels / max_pixels set Qwen's pixel budget; {family.name} splits images into "
+                "tiles (its processor's size and max_image_size say how)"
+            )
+        return processor
     size = dict(processor.image_processor.size)
     if min_pixels is not None:
         size["shortest_edge"] = min_pixels

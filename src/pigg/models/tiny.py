@@ -178,12 +178,77 @@ def _qwen3_config(tokenizer, vocab_size=None):
     return _text_config(Qwen3Config, tokenizer, vocab_size, head_dim=32)
 
 
+# Idefics3's chat markup, written for pigg in its style: "User:<image>text<end_of_utterance>\n", the
+# assistant's turn "Assistant: answer<end_of_utterance>\n", a generation prompt "Assistant:".
+IDEFICS3_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- message.role | capitalize -}}"
+    "{%- if message.content is string -%}{{- ': ' + message.content -}}"
+    "{%- else -%}{{- ':' if message.content[0].type == 'image' else ': ' -}}"
+    "{%- for item in message.content -%}"
+    "{%- if item.type == 'image' -%}{{- '<image>' -}}{%- else -%}{{- item.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<end_of_utterance>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}"
+)
+IDEFICS3_TOKENS = ["<end_of_utterance>", "<image>", "<fake_token_around_image>", "<global-img>"] + [
+    f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)
+]
+IDEFICS3_TILE = 64  # pixels of a tile's side: 4 x 4 patches of 16, 2 x 2 image tokens after the pixel shuffle
+
+
+def _idefics3_config(tokenizer, vocab_size=None):
+    from transformers import Idefics3Config
+
+    text = _shrunk_config(tokenizer, {}, {}, vocab_size)["text_config"]
+    text.update(model_type="llama", eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"))
+    return Idefics3Config(
+        text_config=text,
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": IDEFICS3_TILE,
+            "patch_size": 16,
+        },
+        scale_factor=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+
+
+def _idefics3_processor(tokenizer, max_pixels: int):
+    """Idefics3's processor on pigg's tokenizer: screenshots resized to at most 4 tiles a side (or the
+    side of `max_pixels`), split into 64-pixel tiles plus the global view (the PIL image processor:
+    no torchvision needed)."""
+    import math
+
+    from transformers import Idefics3ImageProcessorPil, Idefics3Processor
+
+    tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS3_TOKENS})
+    longest = max(IDEFICS3_TILE, min(4 * IDEFICS3_TILE, int(math.sqrt(max_pixels))))
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": longest},
+        max_image_size={"longest_edge": IDEFICS3_TILE},
+        do_image_splitting=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE
+    )
+
+
 # (config builder, model class name, processor class name or None for a text model, image patch size)
 _TINY = {
     "qwen3-vl": (_qwen3_vl_config, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", 16),
     "qwen2.5-vl": (_qwen2_5_vl_config, "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", 14),
     "qwen2.5": (_qwen2_config, "Qwen2ForCausalLM", None, None),
     "qwen3": (_qwen3_config, "Qwen3ForCausalLM", None, None),
+    "idefics3": (_idefics3_config, "Idefics3ForConditionalGeneration", "Idefics3Processor", 16),
 }
 TINY_FAMILIES = tuple(_TINY)
 
@@ -197,8 +262,8 @@ def _news_words() -> list[str]:
 def build_tiny(
     family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256, tokenizer: str | None = None
 ) -> Path:
-    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl", or the text-only "qwen2.5",
-    "qwen3") to `out`; return the folder.
+    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl", "idefics3", or the text-only
+    "qwen2.5", "qwen3") to `out`; return the folder.
 
     `tokenizer`: a real model's folder (tokenizer, chat template, processor config; no weights needed,
     e.g. ../shared/assets/qwen3-vl-8b-instruct). The tiny model then takes that processor as it is and the
@@ -223,6 +288,10 @@ def build_tiny(
             raw = json.loads((real / "config.json").read_text())
             vocab = raw.get("text_config", raw).get("vocab_size")
         config = make_config(processor.tokenizer, vocab or len(processor.tokenizer))
+    elif family == "idefics3":  # its special tokens join the tokenizer before the config counts it
+        small = build_tokenizer()
+        processor = _idefics3_processor(small, max_pixels)
+        config = make_config(small)
     else:
         processor, small = None, build_tokenizer(extra_words=None if proc_cls else _news_words())
         config = make_config(small)

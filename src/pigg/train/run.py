@@ -78,7 +78,7 @@ def load_renderer(cfg: ExperimentConfig) -> tuple[Family, object, Renderer]:
     processor = load_processor(cfg.model.name, family, cfg.model.min_pixels, cfg.model.max_pixels)
     from pigg.data.image_cache import image_cache_for
 
-    cache = image_cache_for(cfg.data.image_cache, processor.image_processor)
+    cache = image_cache_for(cfg.data.image_cache, processor.image_processor, family)
     renderer = Renderer(processor, family, cfg.data.system_turns, cfg.data.max_length, cache)
     return family, processor, renderer
 
@@ -400,6 +400,8 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
     )
     board = "tensorboard" in cfg.train.report_to
     collator = TrainingCollator(data.renderer)
+    if cfg.data.packing and data.family.image_sizing != "qwen":
+        raise ConfigError(f"data.packing is not supported for {data.family.name} yet; set data.packing=false")
     if cfg.data.packing:
         rope_index = rope_index_of(model) if data.family.has_vision else None
         collator = TrainingCollator(data.renderer, rope_index, cfg.data.pack_length or cfg.data.max_length)
