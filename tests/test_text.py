@@ -371,7 +371,7 @@ def test_text_demo_writes_its_summary_and_learns(tmp_path):
     from pigg.demo import run_text_demo
 
     path = run_text_demo(
-        tmp_path / "demo", train_articles=640, test_articles=48, overrides=["train.max_steps=40"]
+        tmp_path / "demo", train_articles=640, test_articles=48, overrides=["train.max_steps=80"]
     )
     summary = json.loads(path.read_text())
     for name in ("base", "tuned"):
