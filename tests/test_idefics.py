@@ -89,12 +89,14 @@ def test_a_batch_of_different_tile_counts_has_the_loss_of_its_rows(
     )
 
 
-def test_lora_and_selective_training_lower_the_loss(tiny_config, tiny_idefics, tmp_path):
+def test_lora_and_selective_training_on_llamafactory_data_lower_the_loss(tiny_config, tiny_idefics, tmp_path):
+    from pigg.data.synthetic_describe import synthesize_descriptions
     from pigg.errors import ConfigError
     from pigg.train.run import train
 
+    described = synthesize_descriptions(tmp_path / "describe", 32)  # LLaMA-Factory's format
     cfg = tiny_config(
-        f"model.name={tiny_idefics}", "train.method=lora", "train.max_steps=8", "train.learning_rate=3e-3",
+        f"model.name={tiny_idefics}", f"data.path={described}", "data.train_users=all", "train.method=lora", "train.max_steps=8", "train.learning_rate=3e-3",
         "train.batch_size=4", "vision.method=lora", "vision.blocks=last:1", "aligner=full",
         "data.max_length=1024", f"train.output_dir={tmp_path / 'run'}",
     )  # fmt: skip

@@ -256,8 +256,8 @@ def _device_map(cfg: ExperimentConfig, family: Family, cuda: bool, dtype):
 
 
 def _quantization(cfg: ExperimentConfig, family: Family, dtype):
-    """bitsandbytes' NF4 with double quantization for the LLM's linear layers; the vision side and
-    lm_head stay in `dtype` (their module paths come from the family)."""
+    """bitsandbytes' NF4 with double quantization for the LLM's linear layers; the vision side, the
+    aligner (outside the vision tower in Idefics3) and lm_head stay in `dtype` (paths from the family)."""
     if not cfg.model.quantization:
         return None
     from transformers import BitsAndBytesConfig
@@ -267,7 +267,7 @@ def _quantization(cfg: ExperimentConfig, family: Family, dtype):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=dtype,
-        llm_int8_skip_modules=[m for m in (family.vision_tower, family.lm_head) if m],
+        llm_int8_skip_modules=[m for m in (family.vision_tower, *family.projector, family.lm_head) if m],
     )
 
 
