@@ -87,7 +87,7 @@ def generate_answers(agent, samples, batch_size: int, progress=None) -> list[str
         chunk = samples[start : start + batch_size]
         prompts = [prompt_messages(agent.renderer.messages(s)) for s in chunk]
         images = [[agent.renderer.load_image(ref, s.base_dir) for ref in s.image_refs()] for s in chunk]
-        answers += [a.strip() for a in agent._generate(agent._inputs(prompts, images))]
+        answers += [a.strip() for a in agent.generate_text(agent.prompt_inputs(prompts, images))]
         if progress:
             progress(len(answers), len(samples))
     return answers

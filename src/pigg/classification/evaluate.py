@@ -120,21 +120,10 @@ def generate_labels(agent, samples: list[Sample], spec: ClassifySection, batch_s
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         prompts = [prompt_messages(agent.renderer.messages(s)) for s in chunk]
-        texts = [render_text(agent.processor, p, add_generation_prompt=True) for p in prompts]
-        inputs = tokenizer(texts, padding=True, padding_side="left", return_tensors="pt").to(
-            agent.model.device
-        )
+        inputs = agent.prompt_inputs(prompts, [[] for _ in chunk])  # rendered as training renders them
         began = time.perf_counter()
-        with torch.inference_mode():
-            out = agent.model.generate(
-                **inputs,
-                max_new_tokens=agent.max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=agent.renderer.markers.pad,
-            )
+        new = agent.generate_ids(inputs)
         batches.append((len(chunk), time.perf_counter() - began))
-        new = out[:, inputs["input_ids"].shape[1] :]
         prompt_tokens += int(inputs["attention_mask"].sum())
         generated += _generated_tokens(new, agent.renderer.markers)
         for sample, raw in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):

@@ -105,6 +105,13 @@ def _length_problem(layout: Layout, max_length: int) -> str | None:
     return f"{layout.length} tokens > data.max_length={max_length}"
 
 
+def _layout_problem(layout: Layout, max_length: int) -> str | None:
+    """What makes a rendered sample unusable: no answer to train on, or a length over max_length."""
+    if not any(stop > start for start, stop in layout.trained_spans):
+        return "no answer tokens found after rendering the chat template"
+    return _length_problem(layout, max_length)
+
+
 def _check_sample(sample: Sample, renderer: Renderer, special: list[str]):
     """The sample's problems (a list of causes), or (sample, rendered text, image token counts)."""
     image_processor = renderer.processor.image_processor
@@ -163,12 +170,7 @@ def validate(samples: list[Sample], renderer: Renderer, max_length: int) -> Vali
                 )
                 continue
             layout = layout_of(ids, counts, renderer)
-            if not any(stop > start for start, stop in layout.trained_spans):
-                problems.append(
-                    Problem(sample.source, "no answer tokens found after rendering the chat template")
-                )
-                continue
-            cause = _length_problem(layout, max_length)
+            cause = _layout_problem(layout, max_length)
             if cause:
                 problems.append(Problem(sample.source, cause))
                 continue
@@ -194,12 +196,7 @@ def _validate_rendered(
         images = [i for i, t in enumerate(ids) if t == renderer.markers.image_pad]
         spans = [(images[0], images[-1] + 1)] if images else []  # every image's tiles, as one stretch
         layout = Layout(len(ids), spans, assistant_spans(ids, renderer.markers))
-        if not any(stop > start for start, stop in layout.trained_spans):
-            problems.append(
-                Problem(sample.source, "no answer tokens found after rendering the chat template")
-            )
-            continue
-        cause = _length_problem(layout, max_length)
+        cause = _layout_problem(layout, max_length)
         if cause:
             problems.append(Problem(sample.source, cause))
             continue

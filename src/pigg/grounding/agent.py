@@ -188,7 +188,7 @@ class Agent:
     def family(self):
         return self.renderer.family
 
-    def _inputs(self, prompts: list[list[dict]], images: list[list[Image.Image]]):
+    def prompt_inputs(self, prompts: list[list[dict]], images: list[list[Image.Image]]):
         """Prompts and their screenshots as model inputs on the model's device."""
         texts = [render_text(self.processor, p, add_generation_prompt=True) for p in prompts]
         flat = [image for group in images for image in group]
@@ -200,7 +200,8 @@ class Agent:
         )
         return inputs.to(self.model.device)
 
-    def _generate(self, inputs) -> list[str]:
+    def generate_ids(self, inputs) -> torch.Tensor:
+        """The new tokens of batched greedy generation (rows that ended early are padded)."""
         with torch.inference_mode():
             out = self.model.generate(
                 **inputs,
@@ -209,8 +210,10 @@ class Agent:
                 use_cache=True,
                 pad_token_id=self.renderer.markers.pad,
             )
-        new_tokens = out[:, inputs["input_ids"].shape[1] :]
-        return self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return out[:, inputs["input_ids"].shape[1] :]
+
+    def generate_text(self, inputs) -> list[str]:
+        return self.processor.tokenizer.batch_decode(self.generate_ids(inputs), skip_special_tokens=True)
 
     def read_click(self, raw: str, size: tuple[int, int]) -> Click:
         parsed = parse_click(raw)
@@ -227,7 +230,7 @@ class Agent:
                 "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}],
             }
         ]
-        raw = self._generate(self._inputs([prompt], [[image]]))[0]
+        raw = self.generate_text(self.prompt_inputs([prompt], [[image]]))[0]
         return self.read_click(raw, image.size)
 
     def click_samples(self, samples: list[Sample], batch_size: int = 8, progress=None) -> list[Click]:
@@ -237,7 +240,7 @@ class Agent:
             chunk = samples[start : start + batch_size]
             prompts = [prompt_messages(self.renderer.messages(s)) for s in chunk]
             images = [[self.renderer.load_image(ref, s.base_dir) for ref in s.image_refs()] for s in chunk]
-            raws = self._generate(self._inputs(prompts, images))
+            raws = self.generate_text(self.prompt_inputs(prompts, images))
             # clicks are read in the screenshot's own pixels: a cached image is already resized, so the
             # size comes from the file's header
             sizes = [image_size(s.image_refs()[-1], s.base_dir) for s in chunk]
