@@ -1,4 +1,4 @@
-"""The Idefics3 family: a tiny model from a shrunken config, assistant-only masking on its chat markup,
+"""The Idefics families (Idefics3, Idefics2): a tiny model from a shrunken config, assistant-only masking on its chat markup,
 tiled images batched as its processor batches them, and LoRA / selective training through the same code."""
 
 from __future__ import annotations
@@ -8,27 +8,28 @@ import torch
 
 from pigg.data.render import IGNORE_INDEX, Renderer
 from pigg.data.sources import read_samples
-from pigg.models.families import get_family
 from pigg.models.loading import load_model, load_processor
 
 
-@pytest.fixture(scope="module")
-def tiny_idefics(tmp_path_factory):
+@pytest.fixture(scope="module", params=["idefics3", "idefics2"])
+def tiny_idefics(request, tmp_path_factory):
+    """Idefics3 (images split into 64-pixel tiles plus a global view) and Idefics2 (one resampled image of
+    its own size): the same family code, two ways of cutting images."""
     from pigg.models.tiny import build_tiny
 
-    return build_tiny("idefics3", tmp_path_factory.mktemp("idefics") / "tiny-idefics3")
+    return build_tiny(request.param, tmp_path_factory.mktemp("idefics") / f"tiny-{request.param}")
 
 
 @pytest.fixture
 def renderer(tiny_idefics):
-    family = get_family("idefics3")
+    from pigg.models.loading import resolve_family
+
+    family = resolve_family(str(tiny_idefics))
     return Renderer(load_processor(str(tiny_idefics), family), family)
 
 
 def test_masking_trains_the_answer_after_assistant_and_never_the_tiles(renderer, synth_data):
-    from pigg.models.loading import resolve_family
-
-    assert resolve_family(str(renderer.processor.tokenizer.name_or_path)).name == "idefics3"
+    assert renderer.family.name in ("idefics3", "idefics2") and renderer.family.image_sizing == "tiles"
     tokenizer = renderer.processor.tokenizer
     sample = read_samples(synth_data, [1]).samples[0]
     encoded = renderer.encode(sample)
@@ -41,7 +42,7 @@ def test_masking_trains_the_answer_after_assistant_and_never_the_tiles(renderer,
     first = labels.index(trained[0])
     assert tokenizer.decode(ids[first - 2 : first]) == "Assistant:"
     image = tokenizer.convert_tokens_to_ids("<image>")
-    tiles = encoded["pixel_values"].shape[1]  # split tiles plus the global view, 4 tokens each
+    tiles = encoded["pixel_values"].shape[1]  # Idefics3: split tiles plus the global view; 4 tokens each
     assert ids.count(image) == 4 * tiles and all(
         labels[i] == IGNORE_INDEX for i, t in enumerate(ids) if t == image
     )
@@ -73,8 +74,10 @@ def test_a_batch_of_different_tile_counts_has_the_loss_of_its_rows(
     ]  # fmt: skip
     batch = renderer.collate(samples)
     rows = [renderer.collate([s]) for s in samples]
-    assert batch["pixel_values"].shape[:2] == (2, max(r["pixel_values"].shape[1] for r in rows))
-    assert rows[0]["pixel_values"].shape[1] != rows[1]["pixel_values"].shape[1]
+    # Idefics3: 9 and 17 tiles; Idefics2: one image each, 64x32 and 64x64 pixels: padded to the largest
+    shapes = [r["pixel_values"].shape for r in rows]
+    assert shapes[0] != shapes[1]
+    assert batch["pixel_values"].shape == (2, *(max(s[d] for s in shapes) for d in range(1, 5)))
     model = load_model(str(tiny_idefics), torch.float32).eval()
 
     def summed(b):
@@ -101,12 +104,12 @@ def test_lora_and_selective_training_on_llamafactory_data_lower_the_loss(tiny_co
         "data.max_length=1024", f"train.output_dir={tmp_path / 'run'}",
     )  # fmt: skip
     result = train(cfg)
-    assert result.summary["family"] == "idefics3"
+    assert result.summary["family"] in ("idefics3", "idefics2")
     assert result.summary["last_loss"] < result.summary["first_loss"] - 0.3
     names = [n for n, p in result.model.named_parameters() if p.requires_grad]
     assert any("vision_model.encoder.layers.1" in n and "lora_" in n for n in names)
     assert not any("vision_model.encoder.layers.0" in n for n in names)
     assert any("connector" in n for n in names)
-    with pytest.raises(ConfigError, match="packing is not supported for idefics3"):
+    with pytest.raises(ConfigError, match="packing is not supported for idefics"):
         train(tiny_config(f"model.name={tiny_idefics}", "data.packing=true", "data.max_length=1024",
                           f"train.output_dir={tmp_path / 'packed'}"))  # fmt: skip

@@ -405,7 +405,7 @@ def data_synth(
 @model_app.command("tiny")
 def model_tiny(
     family: Annotated[
-        str, typer.Argument(help="qwen3-vl, qwen2.5-vl, idefics3, or the text-only qwen2.5, qwen3")
+        str, typer.Argument(help="qwen3-vl, qwen2.5-vl, idefics3, idefics2, or the text-only qwen2.5, qwen3")
     ],
     out: Annotated[Path, typer.Argument(help="folder for the Hugging Face model")],
     seed: int = 0,

@@ -75,7 +75,7 @@ def parse_duration(text: str | int | float) -> float:
 
 class ModelSection(_Section):
     name: str = Field(description="hub id (Qwen/Qwen3-VL-8B-Instruct) or a local folder")
-    family: Literal["auto", "qwen3_vl", "qwen2_5_vl", "qwen2", "qwen3", "idefics3"] = "auto"
+    family: Literal["auto", "qwen3_vl", "qwen2_5_vl", "qwen2", "qwen3", "idefics3", "idefics2"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # None: transformers' default (sdpa); auto: flash_attention_2 where it can run (CUDA and the flash-attn
     # package; packed rows then become variable-length boundaries), else the default; flash_attention_2

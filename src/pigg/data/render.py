@@ -206,16 +206,22 @@ def pad_batch(encoded: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, 
 
 
 def _stack_tiles(encoded: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Tiled images (Idefics3: 1 x tiles x 3 x H x W per row) as one tensor per batch, every row padded to
-    the most tiles with all-zero tiles (and a zero pixel mask), which the model drops, as its processor
-    pads a batch; a row without images gets one such tile."""
-    shape = next(e["pixel_values"] for e in encoded if "pixel_values" in e).shape[2:]
-    most = max(e["pixel_values"].shape[1] for e in encoded if "pixel_values" in e)
-    pixels, masks = [], []
-    for e in encoded:
-        values = e.get("pixel_values", torch.zeros(1, 0, *shape))
-        mask = e.get("pixel_attention_mask", torch.zeros(1, values.shape[1], *shape[1:], dtype=torch.long))
-        fill = most - values.shape[1]
-        pixels.append(torch.cat([values, values.new_zeros(1, fill, *shape)], dim=1))
-        masks.append(torch.cat([mask, mask.new_zeros(1, fill, *shape[1:])], dim=1))
-    return {"pixel_values": torch.cat(pixels), "pixel_attention_mask": torch.cat(masks)}
+    """Images as tiles (Idefics3: 1 x tiles x 3 x H x W per row; Idefics2: one tile of the image's own
+    size) as one tensor per batch, as their processors batch them: every row padded to the most tiles and
+    the largest height and width with zeros (a zero pixel mask), which the model drops or masks; a row
+    without images gets only such padding."""
+    present = [e for e in encoded if "pixel_values" in e]
+    channels = present[0]["pixel_values"].shape[2]
+    most = max(e["pixel_values"].shape[1] for e in present)
+    height = max(e["pixel_values"].shape[3] for e in present)
+    width = max(e["pixel_values"].shape[4] for e in present)
+    pixels = torch.zeros(len(encoded), most, channels, height, width, dtype=present[0]["pixel_values"].dtype)
+    masks = torch.zeros(len(encoded), most, height, width, dtype=torch.long)
+    for row, e in enumerate(encoded):
+        if "pixel_values" not in e:
+            continue
+        _, n, _, h, w = e["pixel_values"].shape
+        pixels[row, :n, :, :h, :w] = e["pixel_values"][0]
+        mask = e.get("pixel_attention_mask")
+        masks[row, :n, :h, :w] = mask[0] if mask is not None else 1
+    return {"pixel_values": pixels, "pixel_attention_mask": masks}

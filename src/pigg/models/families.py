@@ -108,7 +108,11 @@ IDEFICS3 = Family(
     image_sizing="tiles",
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_VL, QWEN2_5_VL, QWEN2, QWEN3, IDEFICS3)}
+# Idefics2 (seed 003's model: SigLIP + a perceiver resampler + Mistral): Idefics3's layout and markup; its
+# connector holds the resampler, and its images are not split by default.
+IDEFICS2 = replace(IDEFICS3, name="idefics2", model_types=("idefics2",))
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3_VL, QWEN2_5_VL, QWEN2, QWEN3, IDEFICS3, IDEFICS2)}
 
 
 def family_for_model_type(model_type: str) -> Family:

@@ -17,6 +17,7 @@ PROCESSOR_CLASSES = {
     "qwen3_vl": "Qwen3VLProcessor",
     "qwen2_5_vl": "Qwen2_5_VLProcessor",
     "idefics3": "Idefics3Processor",
+    "idefics2": "Idefics2Processor",
 }
 
 

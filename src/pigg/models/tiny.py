@@ -229,6 +229,7 @@ def _idefics3_processor(tokenizer, max_pixels: int):
     from transformers import Idefics3ImageProcessorPil, Idefics3Processor
 
     tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS3_TOKENS})
+    tokenizer.eos_token = "<end_of_utterance>"  # a turn ends there: generation stops there
     longest = max(IDEFICS3_TILE, min(4 * IDEFICS3_TILE, int(math.sqrt(max_pixels))))
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": longest},
@@ -242,6 +243,54 @@ def _idefics3_processor(tokenizer, max_pixels: int):
     )
 
 
+def _idefics2_config(tokenizer, vocab_size=None):
+    from transformers import Idefics2Config
+
+    text = _shrunk_config(tokenizer, {}, {}, vocab_size)["text_config"]
+    text.update(model_type="mistral", eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"))
+    return Idefics2Config(
+        text_config=text,
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": IDEFICS3_TILE,
+            "patch_size": 16,
+        },
+        # the resampler turns an image's 16 patches into 4 latents: 4 image tokens an image
+        perceiver_config={
+            "hidden_size": 128,
+            "resampler_n_latents": 4,
+            "resampler_depth": 1,
+            "resampler_n_heads": 4,
+            "resampler_head_dim": 16,
+            "num_key_value_heads": 2,
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+
+
+def _idefics2_processor(tokenizer):
+    """Idefics2's processor on pigg's tokenizer: each image resized to fit one 64-pixel square (no
+    splitting, Idefics2's default), 4 image tokens after the resampler."""
+    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
+
+    tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS3_TOKENS[:3]})
+    tokenizer.eos_token = "<end_of_utterance>"
+    image_processor = Idefics2ImageProcessorPil(
+        size={"shortest_edge": IDEFICS3_TILE // 2, "longest_edge": IDEFICS3_TILE},
+        do_image_splitting=False,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    return Idefics2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_TEMPLATE
+    )
+
+
 # (config builder, model class name, processor class name or None for a text model, image patch size)
 _TINY = {
     "qwen3-vl": (_qwen3_vl_config, "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", 16),
@@ -249,6 +298,7 @@ _TINY = {
     "qwen2.5": (_qwen2_config, "Qwen2ForCausalLM", None, None),
     "qwen3": (_qwen3_config, "Qwen3ForCausalLM", None, None),
     "idefics3": (_idefics3_config, "Idefics3ForConditionalGeneration", "Idefics3Processor", 16),
+    "idefics2": (_idefics2_config, "Idefics2ForConditionalGeneration", "Idefics2Processor", 16),
 }
 TINY_FAMILIES = tuple(_TINY)
 
@@ -262,7 +312,7 @@ def _news_words() -> list[str]:
 def build_tiny(
     family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256, tokenizer: str | None = None
 ) -> Path:
-    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl", "idefics3", or the text-only
+    """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl", "idefics3", "idefics2", or the text-only
     "qwen2.5", "qwen3") to `out`; return the folder.
 
     `tokenizer`: a real model's folder (tokenizer, chat template, processor config; no weights needed,
@@ -288,9 +338,11 @@ def build_tiny(
             raw = json.loads((real / "config.json").read_text())
             vocab = raw.get("text_config", raw).get("vocab_size")
         config = make_config(processor.tokenizer, vocab or len(processor.tokenizer))
-    elif family == "idefics3":  # its special tokens join the tokenizer before the config counts it
+    elif family in ("idefics3", "idefics2"):  # their special tokens join before the config counts them
         small = build_tokenizer()
-        processor = _idefics3_processor(small, max_pixels)
+        processor = (
+            _idefics3_processor(small, max_pixels) if family == "idefics3" else _idefics2_processor(small)
+        )
         config = make_config(small)
     else:
         processor, small = None, build_tokenizer(extra_words=None if proc_cls else _news_words())
