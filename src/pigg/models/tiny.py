@@ -198,21 +198,30 @@ IDEFICS3_TOKENS = ["<end_of_utterance>", "<image>", "<fake_token_around_image>",
 IDEFICS3_TILE = 64  # pixels of a tile's side: 4 x 4 patches of 16, 2 x 2 image tokens after the pixel shuffle
 
 
+# the vision encoder both tiny Idefics share: a 64-pixel tile is 4 x 4 patches of 16
+IDEFICS_VISION = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": IDEFICS3_TILE,
+    "patch_size": 16,
+}
+
+
+def _idefics_text(tokenizer, vocab_size, model_type: str) -> dict:
+    """The language model's config (Idefics3's Llama, Idefics2's Mistral), ending turns where they do."""
+    text = _shrunk_config(tokenizer, {}, {}, vocab_size)["text_config"]
+    text.update(model_type=model_type, eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"))
+    return text
+
+
 def _idefics3_config(tokenizer, vocab_size=None):
     from transformers import Idefics3Config
 
-    text = _shrunk_config(tokenizer, {}, {}, vocab_size)["text_config"]
-    text.update(model_type="llama", eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"))
     return Idefics3Config(
-        text_config=text,
-        vision_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": IDEFICS3_TILE,
-            "patch_size": 16,
-        },
+        text_config=_idefics_text(tokenizer, vocab_size, "llama"),
+        vision_config=IDEFICS_VISION,
         scale_factor=2,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=False,
@@ -246,18 +255,9 @@ def _idefics3_processor(tokenizer, max_pixels: int):
 def _idefics2_config(tokenizer, vocab_size=None):
     from transformers import Idefics2Config
 
-    text = _shrunk_config(tokenizer, {}, {}, vocab_size)["text_config"]
-    text.update(model_type="mistral", eos_token_id=tokenizer.convert_tokens_to_ids("<end_of_utterance>"))
     return Idefics2Config(
-        text_config=text,
-        vision_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": IDEFICS3_TILE,
-            "patch_size": 16,
-        },
+        text_config=_idefics_text(tokenizer, vocab_size, "mistral"),
+        vision_config=IDEFICS_VISION,
         # the resampler turns an image's 16 patches into 4 latents: 4 image tokens an image
         perceiver_config={
             "hidden_size": 128,
