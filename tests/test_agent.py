@@ -282,3 +282,61 @@ def test_qwen2_5_vl_answers_are_rendered_in_resized_pixels(synth_data, tmp_path)
         to_model(sample.target.point, size, QWEN2_5_VL, processor.image_processor)
     )
     assert rendered != sample.answer()  # the stored text is Qwen3-VL's 0-1000 form
+
+
+def test_personalize_replays_global_samples_measures_costs_and_draws_the_curve(
+    trained_run, tmp_path, monkeypatch
+):
+    """Issue 18: replay comes from the global run's own users (never the personalized ones), the budgets
+    train fresh adapters on that many own samples with the test screens unchanged, and each user's cost
+    (adapter size, seconds, memory, switch time) is reported."""
+    import shutil
+
+    import pigg.grounding.personalize as module
+    from pigg.errors import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("users"))
+    seen: list[tuple[int, list]] = []
+    real_train = module.train_user_adapter
+
+    def recording(model, renderer, samples, p, seed):
+        seen.append((len(samples), sorted({s.user_id for s in samples})))
+        return real_train(model, renderer, samples, p, seed)
+
+    monkeypatch.setattr(module, "train_user_adapter", recording)
+    overrides = ["personalize.replay_ratio=1", "personalize.max_steps=3", "personalize.budgets=[4]"]
+    table = json.loads(module.personalize(run, overrides).read_text())
+
+    adapt = {u: table["users"][u]["adapt_samples"] for u in ("1", "2")}
+    # each user: adapt + as many replayed; then the budget of 4 + 4 replayed; replay only from users 3-4
+    assert [n for n, _ in seen] == [2 * adapt["1"], 2 * adapt["2"], 8, 8]
+    for (_, users), user in zip(seen, [1, 2, 1, 2], strict=True):
+        assert user in users and set(users) - {user} <= {3, 4} and len(users) > 1
+    costs = table["costs"]
+    assert all(costs[u]["adapter_bytes"] > 10_000 and costs[u]["train_seconds"] > 0 for u in ("1", "2"))
+    assert costs["2"]["load_ms"] > 0 and costs["2"]["activate_ms"] >= 0
+    curve = table["curve"]
+    assert set(curve) == {"4", "full"} and curve["full"]["samples"] == max(adapt.values())
+    assert set(curve["4"]) >= {"samples", "all", "habit", "generic"}
+    assert (run / "users" / "data_efficiency.png").stat().st_size > 10_000
+    assert isinstance(table["forgetting"], dict)
+    assert "| own samples |" in (run / "users" / "personalization.md").read_text()
+
+    with pytest.raises(ConfigError, match=r"user\(s\) \[3\] are in the global run's training data"):
+        module.personalize(run, ["personalize.users=3"])
+
+
+def test_a_users_adapt_and_test_screens_never_overlap(fixed_data):
+    from pigg.grounding.personalize import first_samples, split_user
+
+    samples = read_samples(fixed_data, [1]).samples
+    split = split_user(1, samples, 0.5, seed=0)
+    adapt, test = {s.source for s in split.adapt}, {s.source for s in split.test}
+    assert not adapt & test and adapt | test == {s.source for s in samples}
+    assert (
+        {s.meta["kind"] for s in split.adapt} == {s.meta["kind"] for s in split.test} == {"habit", "generic"}
+    )
+    assert [s.source for s in split_user(1, samples, 0.5, seed=0).adapt] == [s.source for s in split.adapt]
+    few = first_samples(split.adapt, 3)  # kinds taken in turn: a small budget still holds a habit
+    assert len(few) == 3 and {s.meta["kind"] for s in few} == {"habit", "generic"}

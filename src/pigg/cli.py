@@ -545,11 +545,24 @@ def evaluate(
 def personalize(
     run: Annotated[Path, typer.Argument(help="the global run folder (LoRA or full)")],
     overrides: Overrides = None,
+    budgets: Annotated[
+        str | None,
+        typer.Option(
+            help="data-efficiency curve: also train each user on this many own samples, e.g. 5,10,20"
+        ),
+    ] = None,
 ):
-    """Train, save and evaluate one LoRA adapter per user on top of a global run (RUN/users/<id>/)."""
+    """Train, save and evaluate one LoRA adapter per user on top of a global run (RUN/users/<id>/): accuracy
+    per kind, forgetting flags, cost per user, and with --budgets the data-efficiency curve."""
     from pigg.grounding.personalize import personalize as run_personalize
 
-    print(run_personalize(run, overrides))
+    extra = []
+    if budgets:
+        try:
+            extra = [f"personalize.budgets=[{','.join(str(int(b)) for b in budgets.split(','))}]"]
+        except ValueError:
+            raise PiggError(f"--budgets {budgets!r}: write sample counts like 5,10,20") from None
+    print(run_personalize(run, [*(overrides or []), *extra]))
 
 
 @app.command()

@@ -272,6 +272,22 @@ class PersonalizeSection(_Section):
     max_steps: int = Field(100, gt=0)
     batch_size: int = Field(4, gt=0)
     warmup_steps: int = Field(0, ge=0)
+    # Replay against forgetting: this many samples of the global run's own training data per adapt sample
+    # join each user's adaptation (seeded, different per user); 0 trains on the user's samples alone.
+    replay_ratio: float = Field(0.0, ge=0)
+    # A user whose accuracy on a kind other than their habits (or overall, without kinds) falls by more
+    # than this below the global model's is flagged in the report as forgetting.
+    forget_tolerance: float = Field(0.01, ge=0, le=1)
+    # Data-efficiency curve: also train every user on only this many of their adapt samples (each budget
+    # a fresh adapter, the test screens unchanged); e.g. [5, 10, 20, 40]. Empty: no curve.
+    budgets: list[int] = Field(default_factory=list)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets_positive(cls, value: list[int]) -> list[int]:
+        if any(b <= 0 for b in value):
+            raise ValueError(f"budgets must be positive sample counts, not {value}")
+        return sorted(set(value))
 
     @field_validator("users")
     @classmethod

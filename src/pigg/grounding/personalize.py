@@ -16,6 +16,7 @@ import gc
 import json
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,37 @@ def split_user(user_id: int, samples: list[Sample], adapt_fraction: float, seed:
             f"user {user_id} has {len(samples)} usable samples: too few to split into adapt and test"
         )
     return UserSplit(user_id, adapt, test)
+
+
+def check_held_out(global_users: list[int] | None, users: list[int]) -> None:
+    """Personalized users must be held out of the global run's training: a user it trained on would make
+    the global and personalized numbers meaningless (the habits already learned)."""
+    trained = set(users) if global_users is None else set(users) & set(global_users)
+    if trained:
+        raise ConfigError(
+            f"user(s) {sorted(trained)} are in the global run's training data (data.train_users); "
+            "personalize users it never saw (its data.test_users)"
+        )
+
+
+def replay_for(split: UserSplit, pool: list[Sample], ratio: float, seed: int) -> list[Sample]:
+    """`ratio` global training samples per adapt sample, drawn without replacement, seeded per user."""
+    count = min(len(pool), round(ratio * len(split.adapt)))
+    return random.Random(f"{seed}-replay-{split.user_id}").sample(pool, count)
+
+
+def first_samples(samples: list[Sample], count: int) -> list[Sample]:
+    """The first `count` samples taking the kinds in turn (a budget of 5 holds habits as well)."""
+    by_kind: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_kind.setdefault(str(sample.meta.get("kind", "all")), []).append(sample)
+    queues = [list(group) for _, group in sorted(by_kind.items())]
+    taken: list[Sample] = []
+    while len(taken) < count and any(queues):
+        for queue in queues:
+            if queue and len(taken) < count:
+                taken.append(queue.pop(0))
+    return taken
 
 
 def user_lora_config(model, family, p: PersonalizeSection):
@@ -149,7 +181,59 @@ def markdown(table: dict) -> str:
         if len(kinds) > 1:
             cells += [pct(row["per_kind"].get(k, {}).get(p)) for k in kinds for p in PHASES]
         lines.append("| " + " | ".join(cells) + " |")
+    if table.get("costs"):
+        lines += ["", "| user | adapter on disk | training | peak memory | load adapter | activate |",
+                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for user, c in table["costs"].items():
+            load = f"{c['load_ms']:.0f} ms" if "load_ms" in c else "-"
+            activate = f"{c['activate_ms']:.2f} ms" if "activate_ms" in c else "-"
+            lines.append(
+                f"| {user} | {c['adapter_bytes'] / 2**20:.2f} MiB | {c['train_seconds']:.1f} s | "
+                f"{c['peak_memory_bytes'] / 2**30:.2f} GiB | {load} | {activate} |"
+            )
+    if table.get("curve"):
+        kinds = [k for k in table["per_kind"]]
+        lines += ["", "| own samples | " + " | ".join(kinds) + " |", "|---:|" + "---:|" * len(kinds)]
+        for point in sorted(table["curve"].values(), key=lambda c: c["samples"]):
+            lines.append(f"| {point['samples']} | " + " | ".join(pct(point.get(k)) for k in kinds) + " |")
+    for user, kinds in (table.get("forgetting") or {}).items():
+        lines.append(f"\nuser {user} forgot: {', '.join(kinds)} fell below the global model's accuracy")
     return "\n".join(lines) + "\n"
+
+
+def _train_measured(model, renderer, samples, p, seed) -> dict:
+    """Train the active adapter; its loss, seconds and peak memory."""
+    from pigg.train.measure import PeakMemory
+
+    with PeakMemory() as peak:
+        began = time.perf_counter()
+        loss = train_user_adapter(model, renderer, samples, p, seed)
+        seconds = time.perf_counter() - began
+    return {"train_loss": loss, "train_seconds": round(seconds, 2), "peak_memory_bytes": peak.result.bytes}
+
+
+def _switch_ms(peft_model, folder: Path) -> dict:
+    """Milliseconds to load a saved user adapter into the loaded model and to make it the active one."""
+    began = time.perf_counter()
+    peft_model.load_adapter(str(folder), adapter_name="_switch")
+    loaded = time.perf_counter()
+    peft_model.set_adapter("_switch")
+    switched = time.perf_counter()
+    peft_model.delete_adapter("_switch")
+    return {"load_ms": round(1000 * (loaded - began), 2), "activate_ms": round(1000 * (switched - loaded), 3)}
+
+
+def _forgetting(table: dict, tolerance: float) -> dict[str, list[str]]:
+    """Per user, the kinds (or "all") on which personalized accuracy fell more than `tolerance` below
+    the global model's."""
+    flagged: dict[str, list[str]] = {}
+    for user, row in table["users"].items():
+        groups = row.get("per_kind") or {"all": row}
+        for kind, phases in groups.items():
+            before, after = phases["global"], phases["personalized"]
+            if before is not None and after is not None and after < before - tolerance:
+                flagged.setdefault(user, []).append(kind)
+    return flagged
 
 
 def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
@@ -169,16 +253,22 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     if spec is None:
         raise ConfigError("no users to personalize: set personalize.users (e.g. personalize.users=1-10)")
     out = run_dir / USERS_DIR
+    global_cfg = cfg.model_copy(deep=True)  # the global run's own data: the replay pool
     cfg.data.train_users = spec
     cfg.train.eval = False
     data = prepare_data(cfg, run_dir=out)
     users = parse_users(spec) or sorted({s.user_id for s in data.train})  # None: every user in the data
+    check_held_out(parse_users(global_cfg.data.train_users), users)
     splits = []
     for user in users:
         mine = [s for s in data.train if s.user_id == user]
         if not mine:
             raise DataError(f"user {user} has no usable samples in {cfg.data.path}")
         splits.append(split_user(user, mine, p.adapt_fraction, p.split_seed))
+    pool: list[Sample] = []
+    if p.replay_ratio > 0:
+        global_cfg.train.eval = False
+        pool = prepare_data(global_cfg, run_dir=out).train
     test_all = [s for split in splits for s in split.test]
     settings = EvalSettings(
         cfg.eval.batch_size, cfg.eval.radius, cfg.eval.max_new_tokens, image_cache=cfg.data.image_cache
@@ -186,6 +276,7 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     print(
         f"personalizing {len(users)} users of {run_dir}: "
         + ", ".join(f"{s.user_id} ({len(s.adapt)} adapt / {len(s.test)} test)" for s in splits)
+        + (f"; replaying {p.replay_ratio:g} global sample(s) per adapt sample" if pool else "")
     )
 
     global_ref = resolve_model(str(run_dir))
@@ -199,27 +290,50 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     agent = Agent(load_weights(global_ref), data.processor, data.renderer, label="global")
     evals["global"] = evaluate_agent(agent, test_all, settings)
     config = user_lora_config(agent.model, data.family, p)  # targets named on the unwrapped model
-    peft_model, previous, parts, losses = None, None, [], {}
+    peft_model: list = []  # the peft wrapper, made with the first adapter
+
+    def fresh_adapter(name: str, previous: str | None):
+        if not peft_model:
+            peft_model.append(get_peft_model(agent.model, config, adapter_name=name))
+        else:
+            peft_model[0].add_adapter(name, config)
+            peft_model[0].set_adapter(name)
+        if previous is not None:
+            peft_model[0].delete_adapter(previous)
+        return peft_model[0]
+
+    previous, parts, costs = None, [], {}
     for split in splits:
         name = str(split.user_id)
-        if peft_model is None:
-            peft_model = get_peft_model(agent.model, config, adapter_name=name)
-        else:
-            peft_model.add_adapter(name, config)
-            peft_model.set_adapter(name)
-        if previous is not None:
-            peft_model.delete_adapter(previous)
-        print(f"user {name}: training a LoRA adapter on {len(split.adapt)} samples")
-        losses[name] = train_user_adapter(peft_model, data.renderer, split.adapt, p, cfg.train.seed)
-        agent.model, agent.label = peft_model, f"user {name}"
+        model = fresh_adapter(name, previous)
+        samples = split.adapt + replay_for(split, pool, p.replay_ratio, cfg.train.seed)
+        print(
+            f"user {name}: training a LoRA adapter on {len(split.adapt)} samples (+{len(samples) - len(split.adapt)} replayed)"
+        )
+        costs[name] = _train_measured(model, data.renderer, samples, p, cfg.train.seed)
+        agent.model, agent.label = model, f"user {name}"
         parts.append(evaluate_agent(agent, split.test, settings))
-        peft_model.peft_config[name].base_model_name_or_path = str(run_dir)
-        peft_model.save_pretrained(str(out), selected_adapters=[name])
+        model.peft_config[name].base_model_name_or_path = str(run_dir)
+        model.save_pretrained(str(out), selected_adapters=[name])
+        costs[name]["adapter_bytes"] = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
         previous = name
     evals["personalized"] = _concat("personalized", parts)
+    if splits:
+        costs[str(splits[-1].user_id)].update(_switch_ms(peft_model[0], out / str(splits[0].user_id)))
 
     table = _accuracy_table(splits, evals)
-    table["train_loss"] = losses
+    table["costs"] = costs
+    table["forgetting"] = _forgetting(table, p.forget_tolerance)
+    if p.budgets:
+        table["curve"] = _budget_curve(
+            agent, fresh_adapter, previous, splits, pool, p, cfg.train.seed, settings, data
+        )
+        table["curve"]["full"] = {  # the saved adapters, trained on every adapt sample
+            "samples": max(len(s.adapt) for s in splits),
+            "all": table["overall"]["personalized"],
+            **{kind: phases["personalized"] for kind, phases in table["per_kind"].items()},
+        }
+        plot_curve(table, out / "data_efficiency.png")
     table["settings"] = {
         "run": str(run_dir),
         "personalize": p.model_dump(mode="json"),
@@ -232,4 +346,64 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     path = out / RESULTS
     path.write_text(json.dumps(table, indent=2))
     print(markdown(table))
+    for user, kinds in table["forgetting"].items():
+        print(f"warning: user {user} forgot: personalized accuracy on {', '.join(kinds)} fell more than "
+              f"{100 * p.forget_tolerance:g} points below the global model's (personalize.replay_ratio helps)")  # fmt: skip
     return path
+
+
+def _budget_curve(agent, fresh_adapter, previous, splits, pool, p, seed, settings, data) -> dict:
+    """Per budget: every user's fresh adapter on that many of their adapt samples (replay in the same
+    ratio), evaluated on the same test screens; accuracy per kind (personalized)."""
+    curve: dict = {}
+    for budget in p.budgets:
+        parts = []
+        for split in splits:
+            name = f"{split.user_id}@{budget}"
+            model = fresh_adapter(name, previous)
+            adapt = first_samples(split.adapt, budget)
+            part = UserSplit(split.user_id, adapt, split.test)
+            print(f"user {split.user_id}: budget {budget} ({len(adapt)} samples)")
+            train_user_adapter(
+                model, data.renderer, adapt + replay_for(part, pool, p.replay_ratio, seed), p, seed
+            )
+            agent.model = model
+            parts.append(evaluate_agent(agent, split.test, settings))
+            previous = name
+        scores = [s for part in parts for s in part.scores]
+        kinds = sorted({s.kind for s in scores})
+        curve[str(budget)] = {
+            "samples": budget,
+            "all": summarize(scores)["accuracy"],
+            **{kind: summarize([s for s in scores if s.kind == kind])["accuracy"] for kind in kinds},
+        }
+    return curve
+
+
+def plot_curve(table: dict, path: Path) -> None:
+    """Accuracy per kind against the user's own samples, with the zero-shot and global levels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = table["curve"]
+    points = sorted(curve.values(), key=lambda c: c["samples"])
+    kinds = list(table["per_kind"]) or ["all"]
+    figure, ax = plt.subplots(figsize=(7, 4.2))
+    for k, kind in enumerate(kinds):
+        colour = f"C{k}"
+        xs = [c["samples"] for c in points]
+        ys = [100 * (c.get(kind) or 0) for c in points]
+        ax.plot(xs, ys, marker="o", color=colour, label=f"{kind}: personalized")
+        ax.axhline(
+            100 * table["per_kind"][kind]["global"], color=colour, linestyle="--", label=f"{kind}: global"
+        )
+    ax.axhline(100 * (table["overall"]["zero_shot"] or 0), color="gray", linestyle=":", label="zero-shot")
+    ax.set_xlabel("the user's own samples")
+    ax.set_ylabel("accuracy on the user's test screens (%)")
+    ax.set_title("data efficiency of personalization")
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
