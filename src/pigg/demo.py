@@ -59,6 +59,8 @@ def run_demo(out: Path, users: int = 12, per_user: int = 80) -> Path:
         "global": table["overall"]["global"],
         "personalized": table["overall"]["personalized"],
         "per_kind": table["per_kind"],
+        "forgetting": table["forgetting"],  # users whose generic accuracy fell past the tolerance
+        "costs": table["costs"],  # per user: adapter bytes, training seconds, memory, switch ms
         "per_user": table["users"],
         "held_out_eval": {label: m["overall"]["accuracy"] for label, m in held_out.items()},
         "global_training": {k: summary[k] for k in ("steps", "train_seconds", "first_loss", "last_loss")},
