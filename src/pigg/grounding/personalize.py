@@ -201,6 +201,30 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+class UserAdapters:
+    """The global model with one user's adapter at a time (peft multi-adapter): a fresh adapter replaces
+    the previous one; the global weights are never reloaded or touched."""
+
+    def __init__(self, model, config):
+        self.model, self.config = model, config
+        self.peft = None  # the peft wrapper, made with the first adapter
+        self.current: str | None = None
+
+    def fresh(self, name: str):
+        """The model with a new, untrained adapter `name` active (the previous one deleted)."""
+        from peft import get_peft_model
+
+        if self.peft is None:
+            self.peft = get_peft_model(self.model, self.config, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, self.config)
+            self.peft.set_adapter(name)
+        if self.current is not None:
+            self.peft.delete_adapter(self.current)
+        self.current = name
+        return self.peft
+
+
 def _train_measured(model, renderer, samples, p, seed) -> dict:
     """Train the active adapter; its loss, seconds and peak memory."""
     from pigg.train.measure import PeakMemory
@@ -212,14 +236,17 @@ def _train_measured(model, renderer, samples, p, seed) -> dict:
     return {"train_loss": loss, "train_seconds": round(seconds, 2), "peak_memory_bytes": peak.result.bytes}
 
 
-def _switch_ms(peft_model, folder: Path) -> dict:
-    """Milliseconds to load a saved user adapter into the loaded model and to make it the active one."""
+def _switch_ms(adapters: UserAdapters, folder: Path) -> dict:
+    """Milliseconds to load a saved user adapter into the loaded model and to make it the active one
+    (then the adapter that was active is again)."""
+    model = adapters.peft
     began = time.perf_counter()
-    peft_model.load_adapter(str(folder), adapter_name="_switch")
+    model.load_adapter(str(folder), adapter_name="_switch")
     loaded = time.perf_counter()
-    peft_model.set_adapter("_switch")
+    model.set_adapter("_switch")
     switched = time.perf_counter()
-    peft_model.delete_adapter("_switch")
+    model.set_adapter(adapters.current)
+    model.delete_adapter("_switch")
     return {"load_ms": round(1000 * (loaded - began), 2), "activate_ms": round(1000 * (switched - loaded), 3)}
 
 
@@ -238,8 +265,6 @@ def _forgetting(table: dict, tolerance: float) -> dict[str, list[str]]:
 
 def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
     """Personalize the users chosen in the run's config (+ overrides); returns the results JSON's path."""
-    from peft import get_peft_model
-
     from pigg.train.run import RUN_CONFIG, prepare_data
 
     run_dir = Path(run_dir)
@@ -290,44 +315,29 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     agent = Agent(load_weights(global_ref), data.processor, data.renderer, label="global")
     evals["global"] = evaluate_agent(agent, test_all, settings)
     config = user_lora_config(agent.model, data.family, p)  # targets named on the unwrapped model
-    peft_model: list = []  # the peft wrapper, made with the first adapter
-
-    def fresh_adapter(name: str, previous: str | None):
-        if not peft_model:
-            peft_model.append(get_peft_model(agent.model, config, adapter_name=name))
-        else:
-            peft_model[0].add_adapter(name, config)
-            peft_model[0].set_adapter(name)
-        if previous is not None:
-            peft_model[0].delete_adapter(previous)
-        return peft_model[0]
-
-    previous, parts, costs = None, [], {}
+    adapters = UserAdapters(agent.model, config)
+    parts, costs = [], {}
     for split in splits:
         name = str(split.user_id)
-        model = fresh_adapter(name, previous)
+        model = adapters.fresh(name)
         samples = split.adapt + replay_for(split, pool, p.replay_ratio, cfg.train.seed)
-        print(
-            f"user {name}: training a LoRA adapter on {len(split.adapt)} samples (+{len(samples) - len(split.adapt)} replayed)"
-        )
+        replayed = len(samples) - len(split.adapt)
+        print(f"user {name}: training a LoRA adapter on {len(split.adapt)} samples (+{replayed} replayed)")
         costs[name] = _train_measured(model, data.renderer, samples, p, cfg.train.seed)
         agent.model, agent.label = model, f"user {name}"
         parts.append(evaluate_agent(agent, split.test, settings))
         model.peft_config[name].base_model_name_or_path = str(run_dir)
         model.save_pretrained(str(out), selected_adapters=[name])
         costs[name]["adapter_bytes"] = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
-        previous = name
     evals["personalized"] = _concat("personalized", parts)
     if splits:
-        costs[str(splits[-1].user_id)].update(_switch_ms(peft_model[0], out / str(splits[0].user_id)))
+        costs[str(splits[-1].user_id)].update(_switch_ms(adapters, out / str(splits[0].user_id)))
 
     table = _accuracy_table(splits, evals)
     table["costs"] = costs
     table["forgetting"] = _forgetting(table, p.forget_tolerance)
     if p.budgets:
-        table["curve"] = _budget_curve(
-            agent, fresh_adapter, previous, splits, pool, p, cfg.train.seed, settings, data
-        )
+        table["curve"] = _budget_curve(agent, adapters, splits, pool, p, cfg.train.seed, settings)
         table["curve"]["full"] = {  # the saved adapters, trained on every adapt sample
             "samples": max(len(s.adapt) for s in splits),
             "all": table["overall"]["personalized"],
@@ -347,29 +357,28 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     path.write_text(json.dumps(table, indent=2))
     print(markdown(table))
     for user, kinds in table["forgetting"].items():
-        print(f"warning: user {user} forgot: personalized accuracy on {', '.join(kinds)} fell more than "
-              f"{100 * p.forget_tolerance:g} points below the global model's (personalize.replay_ratio helps)")  # fmt: skip
+        print(
+            f"warning: user {user} forgot: personalized accuracy on {', '.join(kinds)} fell more than "
+            f"{100 * p.forget_tolerance:g} points below the global model's (personalize.replay_ratio helps)"
+        )
     return path
 
 
-def _budget_curve(agent, fresh_adapter, previous, splits, pool, p, seed, settings, data) -> dict:
+def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, settings) -> dict:
     """Per budget: every user's fresh adapter on that many of their adapt samples (replay in the same
     ratio), evaluated on the same test screens; accuracy per kind (personalized)."""
     curve: dict = {}
     for budget in p.budgets:
         parts = []
         for split in splits:
-            name = f"{split.user_id}@{budget}"
-            model = fresh_adapter(name, previous)
+            model = adapters.fresh(f"{split.user_id}@{budget}")
             adapt = first_samples(split.adapt, budget)
             part = UserSplit(split.user_id, adapt, split.test)
             print(f"user {split.user_id}: budget {budget} ({len(adapt)} samples)")
-            train_user_adapter(
-                model, data.renderer, adapt + replay_for(part, pool, p.replay_ratio, seed), p, seed
-            )
+            replay = replay_for(part, pool, p.replay_ratio, seed)
+            train_user_adapter(model, agent.renderer, adapt + replay, p, seed)
             agent.model = model
             parts.append(evaluate_agent(agent, split.test, settings))
-            previous = name
         scores = [s for part in parts for s in part.scores]
         kinds = sorted({s.kind for s in scores})
         curve[str(budget)] = {
