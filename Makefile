@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-text test fuzz lint format bench clean
+.PHONY: setup demo demo-text test browser fuzz lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -35,7 +35,14 @@ format: setup
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-test: lint
+# the serving page's test drives Debian's chromium (Playwright, no browser download); it is installed here
+# where apt-get can, and that test skips with the reason where it cannot
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium not installed: the browser test will skip"
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 # the readers' property-based fuzzing at length (2,000 examples a property instead of test's 40)

@@ -24,50 +24,6 @@ from pigg.models.families import QWEN2_5_VL
 CHANCE = 1 / 9  # nine cells
 
 
-@pytest.fixture(scope="module")
-def fixed_data(tmp_path_factory):
-    from pigg.data.synthetic import synthesize
-
-    return synthesize(
-        tmp_path_factory.mktemp("fixed") / "data",
-        users=4,
-        per_user=40,
-        habit_fraction=0.25,
-        seed=3,
-        layout="fixed",
-    )
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_model, fixed_data, tmp_path_factory):
-    """A global full fine-tuning run on users 3-4; users 1-2 are held out."""
-    from pigg.config import build_config
-    from pigg.train.run import train
-
-    folder = tmp_path_factory.mktemp("global")
-    raw = {
-        "model": {"name": str(tiny_model)},
-        "data": {"path": str(fixed_data), "train_users": "3-4", "test_users": "1-2", "max_length": 256},
-        "train": {
-            "method": "full",
-            "output_dir": str(folder / "run"),
-            "log_dir": str(folder / "logs"),
-            "learning_rate": 3e-3,
-            "batch_size": 8,
-            "grad_accum": 1,
-            "max_steps": 150,
-            "warmup_steps": 5,
-            "save_steps": 1000,
-            "logging_steps": 20,
-            "gradient_checkpointing": False,
-        },
-        "eval": {"batch_size": 16},
-        "personalize": {"users": "1-2", "learning_rate": 5e-3, "max_steps": 25, "batch_size": 8, "r": 8},
-    }
-    train(build_config(raw, []))
-    return folder / "run"
-
-
 def test_eval_compare_base_vs_trained_writes_report(trained_run, tmp_path):
     path = run_eval(["base", str(trained_run)], out=tmp_path / "eval", loss=True)
     report = json.loads(path.read_text())

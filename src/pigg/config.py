@@ -275,6 +275,9 @@ class PersonalizeSection(_Section):
     # Replay against forgetting: this many samples of the global run's own training data per adapt sample
     # join each user's adaptation (seeded, different per user); 0 trains on the user's samples alone.
     replay_ratio: float = Field(0.0, ge=0)
+    # Distillation on the replayed samples: this weight times KL(global model || adapted model) over their
+    # answer tokens joins the loss (pigg.train.distill); 0 trains on cross-entropy alone.
+    distill: float = Field(0.0, ge=0)
     # A user whose accuracy on a kind other than their habits (or overall, without kinds) falls by more
     # than this below the global model's is flagged in the report as forgetting.
     forget_tolerance: float = Field(0.01, ge=0, le=1)

@@ -202,8 +202,11 @@ def synthesize(
     seed: int = 0,
     layout: Literal["random", "fixed"] = "random",
     sizes: list[tuple[int, int]] | None = None,
+    counts: dict[int, int] | None = None,
 ) -> Path:
     """Write `users` user_<id>.pkl files (ids 1..users) of `per_user` samples each, images under images/.
+    `counts` gives chosen users more samples (the demo's held-out users get more test screens, so that
+    one screen is a small fraction of a point); the first `per_user` and every other user's are unchanged.
 
     layout "random" puts a generic sample's button on any cell (the model must look); "fixed" puts each
     label on its home cell (the instruction alone says where: a quick task for tests). `sizes`: the
@@ -219,6 +222,12 @@ def synthesize(
             habit = rng.random() < habit_fraction
             path = f"images/user_{user.user_id:03d}/{index:05d}.png"
             records.append(_sample_record(user, rng, path, out, habit, layout, sizes or SCREEN_SIZES))
+        # a user's extra samples come from their own generator: the others' data stays as without them
+        extra = random.Random(f"{seed}-extra-{user.user_id}")
+        for index in range(per_user, (counts or {}).get(user.user_id, per_user)):
+            habit = extra.random() < habit_fraction
+            path = f"images/user_{user.user_id:03d}/{index:05d}.png"
+            records.append(_sample_record(user, extra, path, out, habit, layout, sizes or SCREEN_SIZES))
         with (out / f"user_{user.user_id}.pkl").open("wb") as handle:
             pickle.dump(records, handle, protocol=4)
     (out / "habits.txt").write_text(

@@ -76,9 +76,12 @@ def check_held_out(global_users: list[int] | None, users: list[int]) -> None:
 
 
 def replay_for(split: UserSplit, pool: list[Sample], ratio: float, seed: int) -> list[Sample]:
-    """`ratio` global training samples per adapt sample, drawn without replacement, seeded per user."""
+    """`ratio` global training samples per adapt sample, drawn without replacement, seeded per user, and
+    flagged as replayed (for the distillation term)."""
+    from pigg.train.distill import mark_replayed
+
     count = min(len(pool), round(ratio * len(split.adapt)))
-    return random.Random(f"{seed}-replay-{split.user_id}").sample(pool, count)
+    return mark_replayed(random.Random(f"{seed}-replay-{split.user_id}").sample(pool, count))
 
 
 def first_samples(samples: list[Sample], count: int) -> list[Sample]:
@@ -111,15 +114,24 @@ def user_lora_config(model, family, p: PersonalizeSection):
 
 def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: PersonalizeSection, seed: int):
     """Train the model's active adapter on one user's adapt samples (HF Trainer, nothing saved)."""
+    from pigg.train.distill import DistillTrainer, ReplayCollator
     from pigg.train.trainer import build_trainer
 
     dtype = next(model.parameters()).dtype
+    distill = {}
+    if p.distill > 0:
+        distill = dict(
+            collator=ReplayCollator(renderer),
+            trainer_class=DistillTrainer,
+            trainer_options={"distill": p.distill},
+        )
     with tempfile.TemporaryDirectory(prefix="pigg_user_") as scratch:
         trainer = build_trainer(
             model,
             renderer,
             samples,
             p.batch_size,
+            **distill,
             output_dir=scratch,
             max_steps=p.max_steps,
             per_device_train_batch_size=p.batch_size,

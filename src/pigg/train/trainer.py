@@ -211,6 +211,8 @@ def build_trainer(
     collator: TrainingCollator | None = None,
     sample_lengths: list[int] | None = None,
     logits: str = "auto",
+    trainer_class: type[PiggTrainer] = PiggTrainer,
+    trainer_options: dict | None = None,
     **arguments,
 ) -> PiggTrainer:
     """A PiggTrainer over pigg samples; progress is pigg's one-line-per-log ProgressCallback instead of the
@@ -233,7 +235,7 @@ def build_trainer(
         board = TensorBoardCallback()
         board.logging_dir = str(tensorboard_dir)
         extra.append(board)
-    trainer = PiggTrainer(
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=SampleList(train_samples),
@@ -245,6 +247,7 @@ def build_trainer(
         learning_rates=learning_rates,
         sample_lengths=sample_lengths,
         logits=logits,
+        **(trainer_options or {}),
     )
     trainer.remove_callback(PrinterCallback)
     return trainer

@@ -1,0 +1,1 @@
+"""`pigg serve`: the global agent and every user's adapter behind one HTTP API (engine, batcher, app)."""

@@ -1,0 +1,324 @@
+"""The HTTP side of `pigg serve` (FastAPI): a click endpoint, an OpenAI-compatible chat endpoint, health,
+a page that draws the click, and errors that say what is wrong.
+
+Every error is a JSON body in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so
+OpenAI clients show it, and no request can make the server stop serving: a bad request is a 4xx, a
+failure inside generation a 500 for the requests of that batch only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import secrets
+import time
+import uuid
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+
+from pigg.serve.batcher import MicroBatcher
+from pigg.serve.engine import GLOBAL, BadUserId, Job, ServeEngine, UnknownUser, click_messages
+
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+USER_MODEL_PREFIX = "user-"  # OpenAI `model` names: "global" or "user-<id>"
+
+
+@dataclass
+class ServeSettings:
+    max_batch: int = 16
+    max_wait_ms: float = 10.0
+    max_pixels: int = 4096 * 4096
+    max_image_bytes: int = 16 * 2**20
+    max_instruction_chars: int = 2000
+    max_new_tokens: int = 32  # the default answer length, and the most a request may ask for is 8x
+    api_key: str | None = None
+
+    @property
+    def max_body_bytes(self) -> int:
+        # base64 is 4/3 of the bytes; room for the rest of the JSON
+        return self.max_image_bytes * 4 // 3 + 64 * 1024
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def error_body(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": status}}, status_code=status
+    )
+
+
+# -- requests -------------------------------------------------------------------------------------------
+class ClickRequest(BaseModel):
+    image: str = Field(description="the screenshot: base64 PNG/JPEG/WebP, or a data: URI")
+    instruction: str = Field(min_length=1)
+    user: str | int | None = Field(None, description="a personalized user's id; none: the global model")
+    max_new_tokens: int | None = Field(None, ge=1)
+
+
+class ChatRequest(BaseModel):
+    model: str = GLOBAL
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    # accepted for compatibility; pigg decodes greedily (a GUI click has one right answer)
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+def decode_image(data: str, settings: ServeSettings, param: str) -> Image.Image:
+    """A base64 image or data: URI → RGB, within the byte and pixel limits; 4xx otherwise."""
+    payload = data.strip()
+    if payload.startswith("data:"):
+        header, comma, payload = payload.partition(",")
+        if not comma or ";base64" not in header or not header[5:].startswith("image/"):
+            raise ApiError(400, f"{param}: a data URI must be data:image/<type>;base64,<data>", param=param)
+    elif payload.startswith(("http://", "https://", "file:")):
+        raise ApiError(400, f"{param}: give the image itself (base64 or a data: URI); the server fetches no URL", param=param)  # fmt: skip
+    if len(payload) * 3 // 4 > settings.max_image_bytes:
+        raise ApiError(413, f"{param}: the image is over the {settings.max_image_bytes:,}-byte limit", param=param)  # fmt: skip
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{param}: not valid base64", param=param) from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+    except UnidentifiedImageError:
+        raise ApiError(400, f"{param}: not an image (PNG, JPEG or WebP expected)", param=param) from None
+    if image.format not in IMAGE_FORMATS:
+        raise ApiError(400, f"{param}: {image.format} images are not accepted; send PNG, JPEG or WebP", param=param)  # fmt: skip
+    width, height = image.size
+    if width * height > settings.max_pixels:
+        raise ApiError(
+            413,
+            f"{param}: the image is {width}x{height} = {width * height:,} pixels, over the "
+            f"{settings.max_pixels:,}-pixel limit",
+            param=param,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except Exception as exc:  # truncated or corrupt data behind a valid header
+        raise ApiError(400, f"{param}: the image cannot be decoded ({exc})", param=param) from None
+    return image.convert("RGB")
+
+
+def chat_messages_of(body: ChatRequest, settings: ServeSettings) -> list[dict]:
+    """OpenAI chat messages → pigg's (content as items, images decoded)."""
+    messages = []
+    for i, message in enumerate(body.messages):
+        role = message.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise ApiError(400, f"messages[{i}].role must be system, user or assistant", param=f"messages[{i}].role")  # fmt: skip
+        content = message.get("content")
+        items = []
+        if isinstance(content, str):
+            items.append({"type": "text", "text": content})
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                where = f"messages[{i}].content[{j}]"
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    items.append({"type": "text", "text": part["text"]})
+                elif kind == "image_url":
+                    url = part.get("image_url")
+                    url = url.get("url") if isinstance(url, dict) else url
+                    if not isinstance(url, str):
+                        raise ApiError(400, f"{where}.image_url.url must be a data: URI", param=where)
+                    items.append({"type": "image", "image": decode_image(url, settings, where)})
+                else:
+                    raise ApiError(400, f"{where}: expected a text or image_url part", param=where)
+        else:
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")  # fmt: skip
+        text = sum(len(item.get("text", "")) for item in items)
+        if text > settings.max_instruction_chars:
+            raise ApiError(400, f"messages[{i}]: {text} characters of text, over the {settings.max_instruction_chars} limit", param=f"messages[{i}]")  # fmt: skip
+        messages.append({"role": role, "content": items})
+    if messages[-1]["role"] == "assistant":
+        raise ApiError(400, "the last message must not be the assistant's: there is nothing to answer", param="messages")  # fmt: skip
+    return messages
+
+
+# -- the app ----------------------------------------------------------------------------------------------
+class BodyLimit:
+    """Pure ASGI: a request body over the limit is refused (413) before it is read into memory."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            response = error_body(413, f"the request body is {int(length):,} bytes, over the {self.limit:,}-byte limit", "invalid_request_error")  # fmt: skip
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"the request body is over the {self.limit:,}-byte limit")
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+def create_app(engine: ServeEngine, settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings(max_new_tokens=engine.max_new_tokens)
+    batcher = MicroBatcher(engine, settings.max_batch, settings.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="pigg serve", version="1", lifespan=lifespan)
+    app.state.engine, app.state.batcher, app.state.settings = engine, batcher, settings
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return error_body(exc.status, exc.message, exc.kind, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        problems = exc.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            return error_body(400, "the request body is not valid JSON", "invalid_request_error")
+        first = problems[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        message = "; ".join(
+            f"{'.'.join(str(x) for x in p.get('loc', ()) if x != 'body') or 'body'}: {p.get('msg')}"
+            for p in problems
+        )
+        return error_body(422, message, "invalid_request_error", where or None)
+
+    @app.exception_handler(Exception)
+    async def _failed(request, exc: Exception):
+        return error_body(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+
+    def authorized(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.encode(), settings.api_key.encode()
+        ):
+            raise ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)", "authentication_error")  # fmt: skip
+
+    def adapter_of(user) -> str:
+        if user is None or user == GLOBAL:
+            return GLOBAL
+        try:
+            engine.adapter_dir(str(user))
+        except BadUserId as exc:
+            raise ApiError(400, str(exc), param="user") from None
+        except UnknownUser as exc:
+            raise ApiError(404, str(exc), "not_found_error", param="user") from None
+        return str(user)
+
+    def answer_length(asked: int | None) -> int:
+        limit = 8 * settings.max_new_tokens
+        if asked is not None and asked > limit:
+            raise ApiError(400, f"at most {limit} new tokens may be asked for", param="max_new_tokens")
+        return asked or settings.max_new_tokens
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return resources.files("pigg.serve").joinpath("page.html").read_text()
+
+    @app.get("/health", dependencies=[Depends(authorized)])
+    async def health():
+        stats = engine.stats
+        return {
+            "status": "ok",
+            "model": engine.model_name,
+            "users": engine.users(),
+            "adapters_in_memory": list(engine.loaded),
+            "max_batch": settings.max_batch,
+            "requests": stats.requests,
+            "batches": stats.batches,
+            "batch_sizes": {str(k): v for k, v in sorted(stats.batch_sizes.items())},
+            "adapter_loads": stats.adapter_loads,
+            "adapter_evictions": stats.adapter_evictions,
+        }
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models():
+        names = [GLOBAL] + [USER_MODEL_PREFIX + u for u in engine.users()]
+        return {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "pigg"} for n in names]}
+
+    @app.post("/v1/click", dependencies=[Depends(authorized)])
+    async def click(body: ClickRequest):
+        began = time.perf_counter()
+        adapter = adapter_of(body.user)
+        if len(body.instruction) > settings.max_instruction_chars:
+            raise ApiError(400, f"instruction: {len(body.instruction)} characters, over the {settings.max_instruction_chars} limit", param="instruction")  # fmt: skip
+        image = decode_image(body.image, settings, "image")
+        job = Job(
+            adapter, click_messages(image, body.instruction), answer_length(body.max_new_tokens), image.size
+        )
+        answer = await batcher.submit(job)
+        point = answer.click.point if answer.click is not None else None
+        return {
+            "x": None if point is None else round(point[0], 1),
+            "y": None if point is None else round(point[1], 1),
+            "answer": answer.raw,
+            "user": None if adapter == GLOBAL else adapter,
+            "adapter": adapter,
+            "width": image.width,
+            "height": image.height,
+            "latency_ms": round(1000 * (time.perf_counter() - began), 1),
+        }
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat(body: ChatRequest):
+        if body.stream:
+            raise ApiError(400, "stream=true is not supported: answers are a few tokens", param="stream")
+        name = body.model
+        if name.startswith(USER_MODEL_PREFIX):
+            adapter = adapter_of(name[len(USER_MODEL_PREFIX) :])
+        elif name in (GLOBAL, engine.model_name):
+            adapter = GLOBAL
+        else:
+            raise ApiError(404, f"model {name!r} is not served; models: global, user-<id> (GET /v1/models)", "not_found_error", "model")  # fmt: skip
+        messages = chat_messages_of(body, settings)
+        answer = await batcher.submit(Job(adapter, messages, answer_length(body.max_completion_tokens or body.max_tokens)))  # fmt: skip
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": name,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": answer.raw}, "finish_reason": "stop"}
+            ],
+            "usage": {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            },
+        }
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,391 @@
+"""`pigg serve` (issue 17): the global agent and two personalized users behind one HTTP API.
+
+The run is the shared tiny trained run (conftest `trained_run`), copied and personalized here for a few
+steps: its clicks are parseable and the users' adapters answer their habit prompts differently.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pigg.data.sample import resolve_image_path
+from pigg.data.sources import read_samples
+from pigg.errors import ConfigError
+from pigg.serve.app import ServeSettings, create_app
+from pigg.serve.engine import GLOBAL, Job, ServeEngine, click_messages
+from pigg.serve.server import check_exposure, free_port, vllm_command
+
+
+@pytest.fixture(scope="module")
+def served_run(trained_run, tmp_path_factory) -> Path:
+    from pigg.grounding.personalize import personalize
+
+    run = tmp_path_factory.mktemp("served") / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("users"))
+    personalize(run, ["personalize.max_steps=15", "personalize.users=1-2"])
+    return run
+
+
+@pytest.fixture(scope="module")
+def screens(fixed_data) -> list[tuple[bytes, str, str]]:
+    """(PNG bytes, instruction, kind) of held-out users' screens, habits included."""
+    out = []
+    for user in (1, 2):
+        for sample in read_samples(fixed_data, [user]).samples[:10]:
+            ref = sample.image_refs()[-1]
+            text = next(i["text"] for i in sample.messages[0]["content"] if i["type"] == "text")
+            out.append((resolve_image_path(ref, sample.base_dir).read_bytes(), text, sample.meta["kind"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(served_run) -> ServeEngine:
+    return ServeEngine(served_run, adapters_in_memory=8)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def client_for(engine, **settings) -> TestClient:
+    return TestClient(create_app(engine, ServeSettings(**settings)))
+
+
+def test_click_answers_as_pigg_predict_for_global_and_each_user(served_run, engine, screens, tmp_path):
+    from pigg.grounding.predict import predict_click
+
+    image_bytes, instruction, _ = next(s for s in screens if s[2] == "habit")
+    path = tmp_path / "screen.png"
+    path.write_bytes(image_bytes)
+    width, height = Image.open(path).size
+    with client_for(engine) as client:
+        for user in (None, 1, "2"):
+            body = client.post(
+                "/v1/click", json={"image": b64(image_bytes), "instruction": instruction, "user": user}
+            )
+            assert body.status_code == 200, body.text
+            answer = body.json()
+            expected = predict_click(str(served_run), path, instruction, user=None if user is None else int(user), out=tmp_path / "p.png")  # fmt: skip
+            assert answer["answer"] == expected.click.raw
+            assert expected.click.point is not None  # the trained run answers with a point
+            assert (answer["x"], answer["y"]) == pytest.approx(expected.click.point, abs=0.05)
+            assert (answer["width"], answer["height"]) == (width, height)  # the screenshot's own pixels
+            assert answer["adapter"] == (GLOBAL if user is None else str(user))
+            assert answer["user"] == (None if user is None else str(user))
+        health = client.get("/health").json()
+    assert health["status"] == "ok" and health["users"] == ["1", "2"]
+    assert set(health["adapters_in_memory"]) == {"1", "2"}
+
+
+def test_users_get_their_own_answers_and_batches_equal_one_at_a_time(engine, screens):
+    """Every agent, a batch of 8 different screenshots (different sizes: left padding) against each alone;
+    and the adapters really are different agents (habit prompts answered differently)."""
+    jobs = {}
+    for adapter in (GLOBAL, "1", "2"):
+        batch = []
+        for data, text, _ in screens[:8]:
+            image = Image.open(io.BytesIO(data)).convert("RGB")
+            batch.append(Job(adapter, click_messages(image, text), 32, image.size))
+        jobs[adapter] = batch
+        together = [a.raw for a in engine.run(batch)]
+        alone = [engine.run([job])[0].raw for job in batch]
+        assert together == alone
+        assert len({job.size for job in batch}) > 1  # the batch really mixes screenshot sizes
+    answers = {adapter: [a.raw for a in engine.run(batch)] for adapter, batch in jobs.items()}
+    assert answers["1"] != answers[GLOBAL] or answers["2"] != answers[GLOBAL]
+    with pytest.raises(ValueError, match="one adapter"):
+        engine.run([jobs["1"][0], jobs["2"][0]])
+
+
+def test_concurrent_requests_are_batched_per_adapter_with_unchanged_answers(served_run, screens):
+    engine = ServeEngine(served_run)
+    requests = [
+        {"image": b64(data), "instruction": text, "user": [None, "1", "2"][i % 3]}
+        for i, (data, text, _) in enumerate(screens[:12])
+    ]
+    with client_for(engine, max_batch=1) as client:
+        one = [client.post("/v1/click", json=r).json() for r in requests]
+    with client_for(engine, max_batch=16, max_wait_ms=200) as client:
+        with ThreadPoolExecutor(12) as pool:
+            batched = list(pool.map(lambda r: client.post("/v1/click", json=r).json(), requests))
+        health = client.get("/health").json()
+    assert [a["answer"] for a in batched] == [a["answer"] for a in one]
+    assert [(a["x"], a["y"]) for a in batched] == [(a["x"], a["y"]) for a in one]
+    sizes = {int(k): v for k, v in health["batch_sizes"].items()}
+    assert max(sizes) > 1  # some requests were generated together
+    assert health["requests"] == 24 and sum(k * v for k, v in sizes.items()) == 24
+
+
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong_and_the_server_keeps_serving(
+    engine, screens, tmp_path
+):
+    data, text, _ = screens[0]
+    big = io.BytesIO()
+    Image.new("RGB", (2100, 2000), "white").save(big, format="PNG")
+    gif = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, format="GIF")
+    noisy = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(noisy, format="PNG")
+    truncated = noisy.getvalue()[: len(noisy.getvalue()) // 2]
+    outside = tmp_path / "x"  # an adapter folder outside the run: a user id must never reach it
+    shutil.copytree(engine.run_dir / "users" / "1", outside)
+    cases = [
+        ({"image": b64(b"not an image"), "instruction": text}, 400, "not an image"),
+        ({"image": "%%%", "instruction": text}, 400, "not valid base64"),
+        ({"image": b64(gif.getvalue()), "instruction": text}, 400, "GIF images are not accepted"),
+        ({"image": b64(truncated), "instruction": text}, 400, "cannot be decoded"),
+        ({"image": "data:text/plain;base64,aGk=", "instruction": text}, 400, "data:image/"),
+        ({"image": "https://example.com/a.png", "instruction": text}, 400, "fetches no URL"),
+        (
+            {"image": b64(big.getvalue()), "instruction": text},
+            413,
+            "2100x2000 = 4,200,000 pixels, over the 4,000,000-pixel limit",
+        ),
+        ({"image": b64(data), "instruction": "x" * 501}, 400, "over the 500 limit"),
+        ({"image": b64(data), "instruction": text, "user": 9}, 404, "no adapter for user '9'"),
+        ({"image": b64(data), "instruction": text, "user": "../../x"}, 400, "not a plain name"),
+        ({"image": b64(data), "instruction": text, "user": str(outside)}, 400, "not a plain name"),
+        ({"image": b64(data), "instruction": text, "user": ".."}, 400, "not a plain name"),
+        ({"image": b64(data), "instruction": text, "max_new_tokens": 10_000}, 400, "new tokens"),
+        ({"instruction": text}, 422, "image: Field required"),
+        ({"image": b64(data)}, 422, "instruction: Field required"),
+        ({"image": b64(data), "instruction": ""}, 422, "instruction"),
+    ]
+    with client_for(engine, max_pixels=4_000_000, max_instruction_chars=500) as client:
+        for body, status, words in cases:
+            response = client.post("/v1/click", json=body)
+            assert response.status_code == status, (body.get("user"), response.text)
+            error = response.json()["error"]
+            assert words in error["message"], error
+            assert error["code"] == status
+        response = client.post(
+            "/v1/click", content=b'{"image": ', headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
+        huge = b'{"image": "' + b"A" * (23 * 2**20) + b'"}'
+        response = client.post("/v1/click", content=huge, headers={"content-type": "application/json"})
+        assert response.status_code == 413 and "byte limit" in response.json()["error"]["message"]
+        ok = client.post("/v1/click", json={"image": b64(data), "instruction": text, "user": 1})
+        assert ok.status_code == 200 and ok.json()["x"] is not None
+    assert "x" not in engine.loaded
+
+
+def test_a_small_body_limit_counts_streamed_bodies_too(engine):
+    with client_for(engine, max_image_bytes=1000) as client:
+
+        def chunks():
+            yield b'{"image": "'
+            for _ in range(10):
+                yield b"A" * 1000
+            yield b'", "instruction": "a"}'
+
+        response = client.post("/v1/click", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413, response.text
+
+
+def test_openai_chat_completions_serves_global_and_user_models(engine, screens):
+    data, text, _ = next(s for s in screens if s[2] == "habit")
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(data)}},
+            {"type": "text", "text": text},
+        ],
+    }
+    with client_for(engine) as client:
+        models = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert models == ["global", "user-1", "user-2"]
+        for model, user in (("global", None), ("user-1", 1), ("user-2", 2)):
+            response = client.post(
+                "/v1/chat/completions", json={"model": model, "messages": [message], "max_tokens": 32}
+            )
+            assert response.status_code == 200, response.text
+            body = response.json()
+            click = client.post(
+                "/v1/click", json={"image": b64(data), "instruction": text, "user": user}
+            ).json()
+            assert body["object"] == "chat.completion" and body["model"] == model
+            assert body["choices"][0]["message"] == {"role": "assistant", "content": click["answer"]}
+            usage = body["usage"]
+            assert usage["prompt_tokens"] > 20 and 0 < usage["completion_tokens"] <= 32
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        for body, status, words in [
+            ({"model": "user-7", "messages": [message]}, 404, "no adapter for user '7'"),
+            ({"model": "gpt-4o", "messages": [message]}, 404, "not served"),
+            ({"model": "global", "messages": [message], "stream": True}, 400, "stream"),
+            ({"model": "global", "messages": []}, 422, "messages"),
+            ({"model": "global", "messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
+            (
+                {
+                    "model": "global",
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [{"type": "image_url", "image_url": {"url": "http://a/b.png"}}],
+                        }
+                    ],
+                },
+                400,
+                "fetches no URL",
+            ),  # fmt: skip
+            (
+                {"model": "global", "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
+                400,
+                "text or image_url",
+            ),  # fmt: skip
+        ]:
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == status, response.text
+            assert words in response.json()["error"]["message"]
+
+
+def test_adapters_beyond_the_lru_are_evicted_and_reloaded_without_reloading_the_base(
+    served_run, screens, monkeypatch
+):
+    import pigg.grounding.agent as agent_module
+
+    loads = []
+    real = agent_module.load_weights
+    monkeypatch.setattr(agent_module, "load_weights", lambda *a, **k: loads.append(1) or real(*a, **k))
+    engine = ServeEngine(served_run, adapters_in_memory=1)
+    data, text, _ = next(s for s in screens if s[2] == "habit")
+    with client_for(engine) as client:
+
+        def ask(user):
+            body = {"image": b64(data), "instruction": text, "user": user}
+            return client.post("/v1/click", json=body).json()["answer"]
+
+        first = {user: ask(user) for user in (None, "1", "2")}
+        again = {user: ask(user) for user in ("1", None, "2", "1")}
+    assert loads == [1]  # the global weights, once
+    # 1, 2 (1 out), 1 (2 out), 2 (1 out), 1 (2 out): every switch between users reloads with one slot
+    assert engine.stats.adapter_loads == 5 and engine.stats.adapter_evictions == 4
+    assert list(engine.loaded) == ["1"]
+    assert all(again[user] == first[user] for user in again)
+
+
+def test_an_api_key_guards_every_endpoint_but_the_page(engine, screens):
+    data, text, _ = screens[0]
+    with client_for(engine, api_key="s3cret") as client:
+        assert client.get("/").status_code == 200
+        for method, path, body in [("get", "/health", None), ("get", "/v1/models", None), ("post", "/v1/click", {"image": b64(data), "instruction": text})]:  # fmt: skip
+            kwargs = {"json": body} if body else {}
+            response = getattr(client, method)(path, **kwargs)
+            assert response.status_code == 401 and "API key" in response.json()["error"]["message"]
+            wrong = getattr(client, method)(path, headers={"Authorization": "Bearer nope"}, **kwargs)
+            assert wrong.status_code == 401
+            right = getattr(client, method)(path, headers={"Authorization": "Bearer s3cret"}, **kwargs)
+            assert right.status_code == 200
+    check_exposure("127.0.0.1", None)
+    check_exposure("localhost", None)
+    with pytest.raises(ConfigError, match="--api-key"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("0.0.0.0", "s3cret")
+
+
+def test_vllm_command_serves_the_global_model_with_every_pure_lora_user(served_run, tmp_path):
+    command = vllm_command(served_run, "127.0.0.1", 8001)
+    assert command[:3] == ["vllm", "serve", str(served_run)]
+    assert command[command.index("--served-model-name") + 1] == "global"
+    assert "--enable-lora" in command and command[command.index("--max-lora-rank") + 1] == "8"
+    modules = command[command.index("--lora-modules") + 1 :]
+    assert modules == [f"user-1={served_run / 'users' / '1'}", f"user-2={served_run / 'users' / '2'}"]
+    # an adapter that trains modules in full is refused with the reason
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run)
+    config_path = run / "users" / "2" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "modules_to_save": ["lm_head"]}))
+    with pytest.raises(ConfigError, match="modules_to_save"):
+        vllm_command(run, "127.0.0.1", 8001)
+    with pytest.raises(ConfigError, match="not a pigg run"):
+        vllm_command(tmp_path, "127.0.0.1", 8001)
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Debian's chromium is not installed (`make test` installs it where apt-get can)")
+    pytest.importorskip("playwright", reason="playwright is in requirements-dev.txt")
+    return path
+
+
+def test_the_page_draws_the_click_in_a_real_headless_chromium(served_run, screens, tmp_path):
+    """A real `pigg serve` process; Chromium uploads a screenshot on the page, asks as user 1, and the
+    click drawn on the canvas is where /v1/click says."""
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    executable = _chromium()
+    data, text, _ = next(s for s in screens if s[2] == "habit")
+    screenshot = tmp_path / "screen.png"
+    screenshot.write_bytes(data)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pigg", "serve", str(served_run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "pigg serve did not come up"
+            time.sleep(0.3)
+        expected = httpx.post(f"{base}/v1/click", json={"image": b64(data), "instruction": text, "user": 1}, timeout=60).json()  # fmt: skip
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=executable,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],  # fmt: skip
+            )
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(base + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+            page.set_input_files("#file", str(screenshot))
+            page.fill("#instruction", text)
+            page.select_option("#user", "1")
+            page.click("#go")
+            page.wait_for_selector("#result[data-done='1']", timeout=60_000)
+            shown = page.eval_on_selector(
+                "#result", "e => [Number(e.dataset.x), Number(e.dataset.y), e.textContent]"
+            )
+            pixel = page.evaluate(
+                "([x, y]) => Array.from(document.getElementById('canvas').getContext('2d')"
+                ".getImageData(Math.round(x), Math.round(y), 1, 1).data)",
+                [expected["x"], expected["y"]],
+            )
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert shown[:2] == [expected["x"], expected["y"]]
+    assert expected["answer"] in shown[2] and "user 1" in shown[2]
+    assert pixel[0] > 200 and pixel[1] < 60 and pixel[2] < 60  # the red cross is drawn at the click
+    assert (tmp_path / "page.png").stat().st_size > 10_000
