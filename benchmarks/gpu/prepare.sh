@@ -20,6 +20,7 @@ wheels=(
     $(pinned 'typer|click|annotated-doc|rich|transformers|tokenizers|peft|regex')
     liger-kernel==0.8.5
     $(pinned 'bitsandbytes')
+    $(pinned 'fastapi|starlette|uvicorn|httpx|httpcore|h11|anyio|certifi|idna|opentelemetry-api')
 )
 rm -rf .whl && mkdir .whl
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

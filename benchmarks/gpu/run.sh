@@ -16,6 +16,10 @@
 #   bash benchmarks/gpu/run.sh text        seed 004: Qwen2.5-7B full fine-tuning on news articles with seed
 #                                          004's length spread (mean ~170 tokens, tail to ~450): padded
 #                                          micro-batches vs packed rows of 512, flash-attention where installed
+#   bash benchmarks/gpu/run.sh serve       issue 17 on a GPU: the embedded demo's run personalized, then
+#                                          pigg bench-serve (one at a time vs batched, answers compared);
+#                                          and, where vLLM is installed, its server started with the
+#                                          users' adapters (pigg serve --engine vllm) and asked once per user
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -122,8 +126,22 @@ text)
     pigg bench configs/seed004_agnews_full.yaml model.name="$text_model" data.path="$news" data.eval_path=null \
         ${EXTRA:-} "${steps[@]}" --out "$OUT/text" --paths "${TEXT_PATHS:-baseline,default,default+packing}"
     ;;
+serve)
+    demo=/tmp/pigg_gpu/demo
+    [ -f "$demo/demo_summary.json" ] || pigg demo --out "$demo" | tail -3
+    pigg bench-serve "$demo/runs/global" --requests "${SERVE_REQUESTS:-400}" --concurrency "${SERVE_CLIENTS:-32}" \
+        --max-batch "${SERVE_BATCH:-32}" --out "$OUT/serve_bench.json" | tee "$OUT/serve.txt"
+    pigg serve "$demo/runs/global" --engine vllm --port 8011 --dry-run | tee -a "$OUT/serve.txt"
+    if $python -c "import vllm" 2>/dev/null; then
+        (timeout 300 $python -m pigg.cli serve "$demo/runs/global" --engine vllm --port 8011 >"$OUT/vllm.txt" 2>&1 &)
+        for _ in $(seq 150); do curl -sf localhost:8011/v1/models >/dev/null && break; sleep 2; done
+        curl -s localhost:8011/v1/models | tee -a "$OUT/serve.txt"
+    else
+        echo "vllm is not installed on this machine: the command above was not run" | tee -a "$OUT/serve.txt"
+    fi
+    ;;
 *)
-    echo "usage: run.sh lora|selective|approaches|logits|engines|text" >&2
+    echo "usage: run.sh lora|selective|approaches|logits|engines|text|serve" >&2
     exit 2
     ;;
 esac

@@ -161,9 +161,11 @@ def phase(run_dir: Path, requests: list[dict], concurrency: int, max_batch: int,
 def run_bench(
     run_dir, count: int, concurrency: int, agents, max_batch: int, max_wait_ms: float, out=None
 ) -> Path:
+    from pigg.serve.engine import GLOBAL
+
     run_dir = Path(run_dir)
     requests = bench_requests(run_dir, count, agents)
-    users = sorted({str(r["user"]) for r in requests})
+    users = sorted({GLOBAL if r["user"] is None else str(r["user"]) for r in requests})
     print(f"bench-serve {run_dir}: {count} click requests across agents {users}")
     one = phase(run_dir, requests, 1, 1, 0.0)
     batched = phase(run_dir, requests, concurrency, max_batch, max_wait_ms)
