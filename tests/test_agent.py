@@ -296,3 +296,65 @@ def test_a_users_adapt_and_test_screens_never_overlap(fixed_data):
     assert [s.source for s in split_user(1, samples, 0.5, seed=0).adapt] == [s.source for s in split.adapt]
     few = first_samples(split.adapt, 3)  # kinds taken in turn: a small budget still holds a habit
     assert len(few) == 3 and {s.meta["kind"] for s in few} == {"habit", "generic"}
+
+
+def test_replay_never_teaches_other_users_answers_to_the_users_own_words(fixed_data):
+    """Users 3-4's "my usual one please" means their own favourite: replayed for user 2 (who says it too)
+    it would teach user 2 another user's answer. `replay_conflicts: skip` leaves exactly those out."""
+    from pigg.config import PersonalizeSection
+    from pigg.grounding.personalize import replay_for, split_user
+
+    split = split_user(2, read_samples(fixed_data, [2]).samples, 0.5, seed=0)
+    pool = read_samples(fixed_data, [3, 4]).samples
+    own = {s.instruction() for s in split.adapt}
+    conflicting = [s for s in pool if s.instruction() in own]
+    assert conflicting and any(s.meta["kind"] == "habit" for s in conflicting)  # the test can fail
+    rest = len(pool) - len(conflicting)
+    skip = replay_for(split, pool, PersonalizeSection(), seed=0, count=rest)  # all the pool can give
+    assert len({s.source for s in skip}) == rest
+    assert not {s.instruction() for s in skip} & own and all(s.meta["replay"] for s in skip)
+    keep = replay_for(split, pool, PersonalizeSection(replay_conflicts="keep"), seed=0, count=len(pool))
+    assert len({s.source for s in keep}) == len(pool) and {s.instruction() for s in keep} & own
+    assert pool[0].instruction() == " ".join(pool[0].instruction().split()).lower()
+
+
+def test_a_users_fresh_adapter_depends_on_the_seed_alone(trained_run):
+    """User 2's adapter starts the same whether or not user 1's was made (and trained) before it."""
+    from pigg.config import PersonalizeSection
+    from pigg.grounding.agent import load_weights, resolve_model
+    from pigg.grounding.personalize import UserAdapters, user_lora_config
+    from pigg.models.families import family_for_model_type
+
+    def initial_lora(first: bool) -> dict:
+        model = load_weights(resolve_model(str(trained_run)))
+        family = family_for_model_type(model.config.model_type)
+        adapters = UserAdapters(model, user_lora_config(model, family, PersonalizeSection()))
+        if first:
+            adapters.fresh("1", seed=0)
+            torch.rand(1000)  # what training user 1 would draw
+        peft = adapters.fresh("2", seed=0)
+        return {k: v.clone() for k, v in peft.state_dict().items() if "lora_A" in k}
+
+    alone, after = initial_lora(first=False), initial_lora(first=True)
+    assert alone and alone.keys() == after.keys()
+    assert all(torch.equal(alone[k], after[k]) for k in alone)
+
+
+def test_replay_per_pass_gives_every_pass_its_own_global_samples(fixed_data):
+    from collections import Counter
+
+    from pigg.config import PersonalizeSection
+    from pigg.grounding.personalize import adaptation_samples, split_user
+
+    split = split_user(2, read_samples(fixed_data, [2]).samples, 0.25, seed=0)
+    pool = read_samples(fixed_data, [3, 4]).samples
+    n = len(split.adapt)
+    settings = dict(replay_ratio=1, max_steps=3 * n // 4, batch_size=4)  # 3n samples: 2 passes of 2n
+    fresh = adaptation_samples(split, pool, PersonalizeSection(**settings, replay_draw="per_pass"), seed=0)
+    own = Counter(s.source for s in fresh if not s.meta.get("replay"))
+    replayed = [s.source for s in fresh if s.meta.get("replay")]
+    assert set(own.values()) == {2} and set(own) == {s.source for s in split.adapt}
+    assert len(replayed) == 2 * n == len(set(replayed))  # every pass its own, all distinct
+    assert len(fresh) >= settings["max_steps"] * settings["batch_size"]
+    once = adaptation_samples(split, pool, PersonalizeSection(**settings, replay_draw="once"), seed=0)
+    assert len(once) == 2 * n and sum(bool(s.meta.get("replay")) for s in once) == n

@@ -275,6 +275,12 @@ class PersonalizeSection(_Section):
     # Replay against forgetting: this many samples of the global run's own training data per adapt sample
     # join each user's adaptation (seeded, different per user); 0 trains on the user's samples alone.
     replay_ratio: float = Field(0.0, ge=0)
+    # skip: replay leaves out global samples asking exactly what one of the user's own adapt samples asks
+    # (another user's "the usual" would teach another user's answer); keep: replay draws from all of them.
+    replay_conflicts: Literal["skip", "keep"] = "skip"
+    # per_pass: each pass over the user's samples replays global samples of its own (as much of the global
+    # data as the steps can see); once: one draw, repeated every pass.
+    replay_draw: Literal["per_pass", "once"] = "per_pass"
     # Distillation on the replayed samples: this weight times KL(global model || adapted model) over their
     # answer tokens joins the loss (pigg.train.distill); 0 trains on cross-entropy alone.
     distill: float = Field(0.0, ge=0)

@@ -101,6 +101,14 @@ class Sample:
                 return "".join(i.get("text", "") for i in message["content"] if i.get("type") == "text")
         return ""
 
+    def instruction(self) -> str:
+        """The text of the last user turn, lower-cased with its whitespace collapsed (what was asked)."""
+        for message in reversed(self.messages):
+            if message["role"] == "user":
+                text = " ".join(i.get("text", "") for i in message["content"] if i.get("type") == "text")
+                return " ".join(text.lower().split())
+        return ""
+
 
 def resolve_image_path(ref: str, base_dir: Path | None) -> Path:
     path = Path(ref)

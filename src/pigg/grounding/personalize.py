@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 import tempfile
 import time
@@ -75,13 +76,39 @@ def check_held_out(global_users: list[int] | None, users: list[int]) -> None:
         )
 
 
-def replay_for(split: UserSplit, pool: list[Sample], ratio: float, seed: int) -> list[Sample]:
-    """`ratio` global training samples per adapt sample, drawn without replacement, seeded per user, and
-    flagged as replayed (for the distillation term)."""
+def replay_for(
+    split: UserSplit, pool: list[Sample], p: PersonalizeSection, seed: int, count: int
+) -> list[Sample]:
+    """`count` global training samples, seeded per user, every pool sample used once before any is used
+    again, flagged as replayed (for the distillation term). With `replay_conflicts: skip` the pool leaves
+    out samples asking exactly what one of the user's own samples asks: there the user's meaning wins
+    ("the usual" is this user's favourite app, not another user's)."""
     from pigg.train.distill import mark_replayed
 
-    count = min(len(pool), round(ratio * len(split.adapt)))
-    return mark_replayed(random.Random(f"{seed}-replay-{split.user_id}").sample(pool, count))
+    if p.replay_conflicts == "skip":
+        own = {s.instruction() for s in split.adapt}
+        pool = [s for s in pool if s.instruction() not in own]
+    if not pool or count <= 0:
+        return []
+    rng = random.Random(f"{seed}-replay-{split.user_id}")
+    if count <= len(pool):
+        return mark_replayed(rng.sample(pool, count))
+    order = rng.sample(pool, len(pool))
+    return mark_replayed([order[i % len(order)] for i in range(count)])
+
+
+def adaptation_samples(
+    split: UserSplit, pool: list[Sample], p: PersonalizeSection, seed: int
+) -> list[Sample]:
+    """What one user's adapter trains on: their adapt samples plus `replay_ratio` replayed global samples
+    per adapt sample. With `replay_draw: per_pass` the adapt samples are listed once per pass the steps
+    make over them, each pass with replayed samples of its own, so the steps see as much of the global
+    data as they can; `once` repeats one draw every pass."""
+    per_pass = round(p.replay_ratio * len(split.adapt))
+    passes = 1
+    if p.replay_draw == "per_pass" and per_pass:
+        passes = max(1, math.ceil(p.max_steps * p.batch_size / (len(split.adapt) + per_pass)))
+    return split.adapt * passes + replay_for(split, pool, p, seed, per_pass * passes)
 
 
 def first_samples(samples: list[Sample], count: int) -> list[Sample]:
@@ -222,10 +249,12 @@ class UserAdapters:
         self.peft = None  # the peft wrapper, made with the first adapter
         self.current: str | None = None
 
-    def fresh(self, name: str):
-        """The model with a new, untrained adapter `name` active (the previous one deleted)."""
+    def fresh(self, name: str, seed: int):
+        """The model with a new, untrained adapter `name` active (the previous one deleted), initialised
+        from `seed` alone: a user's adapter does not depend on which users were trained before."""
         from peft import get_peft_model
 
+        torch.manual_seed(seed)
         if self.peft is None:
             self.peft = get_peft_model(self.model, self.config, adapter_name=name)
         else:
@@ -275,8 +304,28 @@ def _forgetting(table: dict, tolerance: float) -> dict[str, list[str]]:
     return flagged
 
 
-def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
-    """Personalize the users chosen in the run's config (+ overrides); returns the results JSON's path."""
+@dataclass
+class Personalization:
+    """What every user's adaptation needs, prepared once: the config, the data, each user's split, the
+    replay pool (the global run's own training samples) and the eval settings."""
+
+    run_dir: Path
+    cfg: ExperimentConfig
+    data: object  # pigg.train.run.PreparedData
+    splits: list[UserSplit]
+    pool: list[Sample]
+    settings: EvalSettings
+
+    @property
+    def test_all(self) -> list[Sample]:
+        return [s for split in self.splits for s in split.test]
+
+
+def prepare_personalization(
+    run_dir: str | Path, overrides: list[str] | None = None, replay_pool: bool | None = None
+) -> Personalization:
+    """Read the run's config (+ overrides), check the users are held out and split their samples; the
+    replay pool is read when `replay_pool` (default: when the config replays)."""
     from pigg.train.run import RUN_CONFIG, prepare_data
 
     run_dir = Path(run_dir)
@@ -303,15 +352,24 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
             raise DataError(f"user {user} has no usable samples in {cfg.data.path}")
         splits.append(split_user(user, mine, p.adapt_fraction, p.split_seed))
     pool: list[Sample] = []
-    if p.replay_ratio > 0:
+    if replay_pool or (replay_pool is None and p.replay_ratio > 0):
         global_cfg.train.eval = False
         pool = prepare_data(global_cfg, run_dir=out).train
-    test_all = [s for split in splits for s in split.test]
     settings = EvalSettings(
         cfg.eval.batch_size, cfg.eval.radius, cfg.eval.max_new_tokens, image_cache=cfg.data.image_cache
     )
+    return Personalization(run_dir, cfg, data, splits, pool, settings)
+
+
+def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
+    """Personalize the users chosen in the run's config (+ overrides); returns the results JSON's path."""
+    prep = prepare_personalization(run_dir, overrides)
+    run_dir, cfg, data, splits, pool, settings = (
+        prep.run_dir, prep.cfg, prep.data, prep.splits, prep.pool, prep.settings
+    )  # fmt: skip
+    p, out, test_all = cfg.personalize, prep.run_dir / USERS_DIR, prep.test_all
     print(
-        f"personalizing {len(users)} users of {run_dir}: "
+        f"personalizing {len(splits)} users of {run_dir}: "
         + ", ".join(f"{s.user_id} ({len(s.adapt)} adapt / {len(s.test)} test)" for s in splits)
         + (f"; replaying {p.replay_ratio:g} global sample(s) per adapt sample" if pool else "")
     )
@@ -331,8 +389,8 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     parts, costs = [], {}
     for split in splits:
         name = str(split.user_id)
-        model = adapters.fresh(name)
-        samples = split.adapt + replay_for(split, pool, p.replay_ratio, cfg.train.seed)
+        model = adapters.fresh(name, cfg.train.seed)
+        samples = adaptation_samples(split, pool, p, cfg.train.seed)
         replayed = len(samples) - len(split.adapt)
         print(f"user {name}: training a LoRA adapter on {len(split.adapt)} samples (+{replayed} replayed)")
         costs[name] = _train_measured(model, data.renderer, samples, p, cfg.train.seed)
@@ -371,7 +429,8 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     for user, kinds in table["forgetting"].items():
         print(
             f"warning: user {user} forgot: personalized accuracy on {', '.join(kinds)} fell more than "
-            f"{100 * p.forget_tolerance:g} points below the global model's (personalize.replay_ratio helps)"
+            f"{100 * p.forget_tolerance:g} points below the global model's (more replay with "
+            "personalize.distill helps: docs/grounding.md)"
         )
     return path
 
@@ -383,12 +442,11 @@ def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, set
     for budget in p.budgets:
         parts = []
         for split in splits:
-            model = adapters.fresh(f"{split.user_id}@{budget}")
+            model = adapters.fresh(f"{split.user_id}@{budget}", seed)
             adapt = first_samples(split.adapt, budget)
             part = UserSplit(split.user_id, adapt, split.test)
             print(f"user {split.user_id}: budget {budget} ({len(adapt)} samples)")
-            replay = replay_for(part, pool, p.replay_ratio, seed)
-            train_user_adapter(model, agent.renderer, adapt + replay, p, seed)
+            train_user_adapter(model, agent.renderer, adaptation_samples(part, pool, p, seed), p, seed)
             agent.model = model
             parts.append(evaluate_agent(agent, split.test, settings))
         scores = [s for part in parts for s in part.scores]

@@ -1,0 +1,104 @@
+"""Personalization settings side by side on one global run: generic and habit accuracy, training time.
+
+    python benchmarks/personalize_ablation.py RUN "replay_ratio=0" "replay_ratio=1" \\
+        "replay_ratio=2 max_steps=120" ... [--seeds 0,1,2,3] [--out ablation.json]
+
+Each argument is a variant: space-separated key=value overrides of the run's own config, `personalize.`
+keys by their short name. `--seeds 0,1,2,3` runs each variant under each train.seed (other replay
+samples, another adapter init, another data order) and reports the mean with the range: on a small test
+set one seed's result moves by a point or two. The global model is loaded and evaluated once; every
+user gets a fresh adapter per variant and seed, trained on the same adapt samples and evaluated on the
+same test screens as `pigg personalize` uses. Nothing is saved under RUN/users. The docs' ablation table
+(docs/grounding.md) comes from this script on the demo's global run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+from pigg.config import load_config
+from pigg.grounding.agent import Agent, load_weights, resolve_model
+from pigg.grounding.evaluate import evaluate_agent
+from pigg.grounding.metrics import summarize
+from pigg.grounding.personalize import (
+    UserAdapters,
+    adaptation_samples,
+    prepare_personalization,
+    train_user_adapter,
+    user_lora_config,
+)
+from pigg.train.run import RUN_CONFIG
+
+
+def per_kind(scores) -> dict:
+    kinds = sorted({s.kind for s in scores})
+    return {kind: summarize([s for s in scores if s.kind == kind])["accuracy"] for kind in kinds}
+
+
+def run_variant(prep, agent, adapters, base_config, variant: str, seed: int, tag: str) -> dict:
+    """Every user's fresh adapter under `variant` with train.seed `seed`: accuracy per kind, seconds."""
+    overrides = [item if "." in item.split("=")[0] else f"personalize.{item}" for item in variant.split()]
+    cfg = load_config(prep.run_dir / RUN_CONFIG, [*overrides, f"train.seed={seed}"])
+    p = cfg.personalize
+    adapters.config = dataclasses.replace(base_config, r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout)
+    scores, seconds = [], 0.0
+    for split in prep.splits:
+        model = adapters.fresh(f"{split.user_id}-{tag}", seed)
+        samples = adaptation_samples(split, prep.pool, p, seed)
+        began = time.perf_counter()
+        train_user_adapter(model, prep.data.renderer, samples, p, seed)
+        seconds += time.perf_counter() - began
+        agent.model, agent.label = model, f"user {split.user_id} [{variant}] seed {seed}"
+        scores += evaluate_agent(agent, split.test, prep.settings).scores
+    return {**per_kind(scores), "train_seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("variants", nargs="+", help='e.g. "replay_ratio=2 max_steps=120"')
+    parser.add_argument("--seeds", default="0", help="train.seed values, e.g. 0,1,2,3: mean, min and max")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    prep = prepare_personalization(args.run, replay_pool=True)
+    agent = Agent(load_weights(resolve_model(str(args.run))), prep.data.processor, prep.data.renderer)
+    agent.label = "global"
+    reference = per_kind(evaluate_agent(agent, prep.test_all, prep.settings).scores)
+    kinds = list(reference)
+    # target modules named once on the unwrapped model; rank, alpha and dropout per variant
+    base_config = user_lora_config(agent.model, prep.data.family, prep.cfg.personalize)
+    adapters = UserAdapters(agent.model, base_config)
+    rows = []
+    for k, variant in enumerate(args.variants):
+        runs = []
+        for seed in seeds:
+            runs.append(run_variant(prep, agent, adapters, base_config, variant, seed, f"{k}-{seed}"))
+            print(json.dumps({"variant": variant, "seed": seed, **runs[-1]}), flush=True)
+        rows.append({"variant": variant, "seeds": seeds, "runs": runs})
+
+    def cell(values: list[float]) -> str:
+        mean = 100 * statistics.fmean(values)
+        if len(values) == 1:
+            return f"{mean:.1f}%"
+        return f"{mean:.1f}% ({100 * min(values):.1f}-{100 * max(values):.1f})"
+
+    print("\nglobal model: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in reference.items()))
+    print(f"\n| personalization | {' | '.join(kinds)} | adapter training, all users |")
+    print("|---|" + "---:|" * (len(kinds) + 1))
+    for row in rows:
+        cells = [cell([r[k] for r in row["runs"]]) for k in kinds]
+        seconds = statistics.fmean(r["train_seconds"] for r in row["runs"])
+        print(f"| {row['variant']} | " + " | ".join(cells) + f" | {seconds:.1f} s |")
+    if args.out:
+        args.out.write_text(json.dumps({"global": reference, "variants": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
