@@ -265,8 +265,10 @@ def test_personalize_replays_global_samples_measures_costs_and_draws_the_curve(
     table = json.loads(module.personalize(run, overrides).read_text())
 
     adapt = {u: table["users"][u]["adapt_samples"] for u in ("1", "2")}
-    # each user: adapt + as many replayed; then the budget of 4 + 4 replayed; replay only from users 3-4
-    assert [n for n, _ in seen] == [2 * adapt["1"], 2 * adapt["2"], 8, 8]
+    # each user: adapt + as many replayed (one pass covers the 3 steps of 8); the budget of 4 + 4 replayed
+    # is a pass of 8, so 3 passes, each with replayed samples of its own; replay only from users 3-4
+    assert min(adapt.values()) >= 12
+    assert [n for n, _ in seen] == [2 * adapt["1"], 2 * adapt["2"], 24, 24]
     for (_, users), user in zip(seen, [1, 2, 1, 2], strict=True):
         assert user in users and set(users) - {user} <= {3, 4} and len(users) > 1
     costs = table["costs"]
