@@ -363,6 +363,8 @@ def prepare_personalization(
 
 def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
     """Personalize the users chosen in the run's config (+ overrides); returns the results JSON's path."""
+    from pigg.train.distill import REPLAY_META
+
     prep = prepare_personalization(run_dir, overrides)
     run_dir, cfg, data, splits, pool, settings = (
         prep.run_dir, prep.cfg, prep.data, prep.splits, prep.pool, prep.settings
@@ -391,8 +393,11 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
         name = str(split.user_id)
         model = adapters.fresh(name, cfg.train.seed)
         samples = adaptation_samples(split, pool, p, cfg.train.seed)
-        replayed = len(samples) - len(split.adapt)
-        print(f"user {name}: training a LoRA adapter on {len(split.adapt)} samples (+{replayed} replayed)")
+        replayed = sum(bool(s.meta.get(REPLAY_META)) for s in samples)
+        print(
+            f"user {name}: training a LoRA adapter on {len(split.adapt)} own samples"
+            + (f" and {replayed} replayed global samples" if replayed else "")
+        )
         costs[name] = _train_measured(model, data.renderer, samples, p, cfg.train.seed)
         agent.model, agent.label = model, f"user {name}"
         parts.append(evaluate_agent(agent, split.test, settings))
@@ -429,8 +434,8 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     for user, kinds in table["forgetting"].items():
         print(
             f"warning: user {user} forgot: personalized accuracy on {', '.join(kinds)} fell more than "
-            f"{100 * p.forget_tolerance:g} points below the global model's (more replay with "
-            "personalize.distill helps: docs/grounding.md)"
+            f"{100 * p.forget_tolerance:g} points below the global model's (replay helps: "
+            "personalize.replay_ratio with more max_steps, docs/grounding.md)"
         )
     return path
 
