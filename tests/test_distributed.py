@@ -165,7 +165,9 @@ def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
     rest, _ = process.communicate(timeout=120)
     out = "".join(seen) + rest
     assert process.returncode == 130, out
-    assert "Traceback" not in out and "pigg: interrupted" in out
+    # the whole traceback in the message: it has been seen twice in full-suite runs, never alone (session 9)
+    assert "Traceback" not in out, out[max(0, out.find("Traceback") - 500) :][:4000]
+    assert "pigg: interrupted" in out, out
 
 
 def _free_port() -> int:
