@@ -6,6 +6,7 @@ present; tests that need them skip with the reason when they are absent.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,42 @@ settings.load_profile("default")
 
 ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def difference(got, want, relative: bool = False) -> float:
+    """The largest |got - want| over floats, tensors or dicts of tensors (keys must agree); relative: divided
+    by the largest |want|, for values whose scale is not known in advance."""
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), sorted(set(got) ^ set(want))
+        return max(difference(got[k], want[k], relative) for k in want)
+    got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
+    diff = float((got - want).abs().max())
+    return diff / max(float(want.abs().max()), 1e-30) if relative else diff
+
+
+def within(name: str, measured: float, tolerance: float) -> None:
+    """Assert `measured < tolerance`. With PIGG_TOLERANCE_LOG set, each measurement is also appended to that
+    file: benchmarks/tolerances.py reruns the tests under other CPU kernels and reads it, so every tolerance
+    sits beside the float noise measured for it (docs/testing.md)."""
+    _record(name, "equal", measured, tolerance)
+    assert measured < tolerance, f"{name}: {measured:.3g} is not below the tolerance {tolerance:.3g}"
+
+
+def caught(name: str, measured: float, tolerance: float, margin: float = 10.0) -> None:
+    """Assert that a deliberate bug (a mutation) moves the same comparison `margin` times past its
+    tolerance: a tolerance loosened that far would still fail on it."""
+    _record(name, "bug", measured, tolerance)
+    assert measured > margin * tolerance, (
+        f"{name}: the bug moves it by {measured:.3g} only (tolerance {tolerance:.3g})"
+    )
+
+
+def _record(name: str, kind: str, measured: float, tolerance: float) -> None:
+    log = os.environ.get("PIGG_TOLERANCE_LOG")
+    if log:
+        row = {"name": name, "kind": kind, "measured": measured, "tolerance": tolerance}
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def asset(name: str) -> Path:

@@ -47,6 +47,8 @@ def test_metrics_match_hand_computed_values_with_a_class_never_predicted_and_par
     pred = ["A", "A", "B", "B", None, "A", "C", "B", None, "B"]
     score = score_labels(gold, pred, ["A", "B", "C", "D"])
     assert score.confusion == [[2, 1, 0, 0, 0], [0, 1, 0, 0, 1], [1, 0, 1, 0, 0], [0, 2, 0, 0, 1]]
+    # pytest.approx's default tolerance (relative 1e-6) on float64 arithmetic of hand-written numbers: no CPU
+    # changes IEEE sums and quotients of a few terms (noise ~1e-16); a wrong formula moves them by more than 1e-2.
     assert score.accuracy == pytest.approx(0.4) and score.parse_failures == 2 and score.total == 10
     expected = {  # precision, recall, F1, support
         "A": (2 / 3, 2 / 3, 2 / 3, 3),

@@ -16,6 +16,8 @@ from pigg.train.run import train
 
 def test_smoothing_is_tensorboards_debiased_average():
     assert smoothed([]) is None
+    # pytest.approx's default tolerance (relative 1e-6) on float64 arithmetic of hand-written numbers: no CPU
+    # changes IEEE sums and quotients of a few terms (noise ~1e-16); a wrong formula moves them by more than 1e-2.
     assert smoothed([2.0]) == pytest.approx(2.0)
     # by hand: a1 = 0.4*1, a2 = 0.6*a1 + 0.4*3 = 1.44; debias by 1 - 0.6^2 = 0.64
     assert smoothed([1.0, 3.0]) == pytest.approx(1.44 / 0.64)

@@ -8,12 +8,14 @@ so losses and the final adapter must agree to float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -21,12 +23,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import caught, difference, within
 from pigg.train.control import EXIT_RESUMABLE, checkpoints, is_complete
 from pigg.train.run import train
 
 pytestmark = pytest.mark.distributed
 
 STEPS = 24  # long enough that a signal sent at step 2 lands mid-run
+# 2 ranks against 1 process, float32, 24 Adam steps. Each tolerance is about the geometric mean of the float
+# noise (the largest difference over the CPU kernels of benchmarks/tolerances.py, docs/testing.md) and the
+# smallest bug the suite keeps (test_a_step_that_loses_one_sample_is_caught: 3 of 4 samples a step):
+# losses: noise 1.4e-6, bug 0.36; adapter: noise 1.2e-5 (kernels without AVX-512; 5e-7 with), bug 8.0e-2;
+# the first loss (and the 4 losses of the two-node run): noise 9.5e-7 (one float32 step at ~10), bug 8.1e-3.
+# A rank's gradient summed instead of averaged is invisible to any tolerance here: Adam and clipping to
+# norm 1 undo a constant factor.
+DDP_LOSS_TOL = 1e-3
+DDP_ADAPTER_TOL = 1e-3
+FIRST_LOSS_TOL = 1e-4
 
 
 def _adapter(run: Path) -> dict[str, torch.Tensor]:
@@ -88,13 +101,23 @@ def test_two_ranks_give_the_losses_and_adapter_of_one_process_with_twice_the_bat
     double = _summary(run)
     assert double["world_size"] == 2 and single["world_size"] == 1 and double["parallel"] == "ddp"
     assert [s for s, _ in double["losses"]] == list(range(1, STEPS + 1))
-    for (_, a), (_, b) in zip(double["losses"], single["losses"], strict=True):
-        assert abs(a - b) < 1e-4
-    a, b = _adapter(run), _adapter(Path(config("single").train.output_dir))
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    within("ddp.losses", difference(dict(double["losses"]), dict(single["losses"])), DDP_LOSS_TOL)
+    adapter = difference(_adapter(run), _adapter(Path(config("single").train.output_dir)))
+    within("ddp.adapter", adapter, DDP_ADAPTER_TOL)
     # the first loss is the untrained model's on the same 4 samples: no rank trained on other data
-    assert abs(double["losses"][0][1] - single["losses"][0][1]) < 1e-6
+    within("ddp.first_loss", abs(double["losses"][0][1] - single["losses"][0][1]), FIRST_LOSS_TOL)
+
+
+def test_a_step_that_loses_one_sample_is_caught(two_rank_run):
+    """The mutation the comparisons above must fail on: each step trained on 3 of its 4 samples (a rank's
+    sample dropped or never sharded to it), against the same single process with all 4."""
+    config, _, _ = two_rank_run
+    full = train(config("single4", "train.batch_size=4")).summary
+    mutated = train(config("single3", "train.batch_size=3")).summary
+    caught("ddp.losses", difference(dict(mutated["losses"]), dict(full["losses"])), DDP_LOSS_TOL)
+    adapters = [_adapter(Path(config(name).train.output_dir)) for name in ("single3", "single4")]
+    caught("ddp.adapter", difference(*adapters), DDP_ADAPTER_TOL)
+    caught("ddp.first_loss", abs(mutated["losses"][0][1] - full["losses"][0][1]), FIRST_LOSS_TOL)
 
 
 def test_only_the_first_process_writes_the_log_and_the_run_folder(two_rank_run):
@@ -148,7 +171,13 @@ def test_sigterm_to_the_launcher_stops_both_ranks_at_one_step_and_they_resume_ex
 
 def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
     """Ctrl-C reaches the whole process group (launcher, torchrun's agent, the ranks): the job ends with
-    exit 130 and no Python traceback from any of them."""
+    exit 130 and no Python traceback from any of them.
+
+    torchrun's agent passes the SIGINT on to the ranks once more while they unwind from the first; when it
+    landed during a rank's exit (torch's atexit clean-up, slower on a loaded machine) the rank printed
+    "Exception ignored in atexit callback ... KeyboardInterrupt" (seen in 2 of 3 full-suite runs, session 9).
+    To meet that moment every time, the ranks here get a SIGINT every 5 ms until they are gone: before the
+    fix (pigg.train.launch.interrupt_once_under_torchrun) that printed the traceback in 2 runs of 3."""
     config, _, _ = two_rank_run
     cfg = config("interrupted")
     path = _write(cfg, Path(cfg.train.output_dir).parent / "interrupted.yaml")
@@ -160,7 +189,16 @@ def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
     for line in process.stdout:
         seen.append(line)
         if line.startswith("step 2/"):
+            ranks = [p for p in psutil.Process(process.pid).children(recursive=True) if _is_rank(p)]
+            assert len(ranks) == 2, ranks
             os.killpg(process.pid, signal.SIGINT)  # what the terminal does
+            deadline = time.monotonic() + 60
+            while any(_alive(r) for r in ranks):
+                assert time.monotonic() < deadline, "the training processes outlived a Ctrl-C by 60 s"
+                for rank in ranks:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        rank.send_signal(signal.SIGINT)  # as the agent does, at every moment of the exit
+                time.sleep(0.005)
             break
     rest, _ = process.communicate(timeout=120)
     out = "".join(seen) + rest
@@ -168,6 +206,21 @@ def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
     # the whole traceback in the message: it has been seen twice in full-suite runs, never alone (session 9)
     assert "Traceback" not in out, out[max(0, out.find("Traceback") - 500) :][:4000]
     assert "pigg: interrupted" in out, out
+
+
+def _is_rank(process: psutil.Process) -> bool:
+    """A training process (`python -m pigg train`), not the launcher's torchrun agent."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        command = " ".join(process.cmdline())
+        return " -m pigg train " in command and "pigg.train.launch" not in command  # the agent names both
+    return False
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _free_port() -> int:
@@ -206,7 +259,7 @@ def test_two_nodes_of_one_process_each_train_like_two_ranks_on_one_node(two_rank
     summary = _summary(Path(cfg.train.output_dir))
     assert summary["world_size"] == 2
     straight = dict(_summary(straight_run)["losses"])
-    assert all(abs(loss - straight[s]) < 1e-6 for s, loss in summary["losses"])
+    within("nodes.losses", max(abs(loss - straight[s]) for s, loss in summary["losses"]), FIRST_LOSS_TOL)
     assert "this is node 1" in outs[1] and "pigg train: run" not in outs[1]  # node 1's rank 1 is quiet
 
 

@@ -39,6 +39,7 @@ def test_qwen3_vl_relative_coordinates_round_trip(size):
     # Pixels → model → pixels lands within half a model unit.
     for x, y in [(0, 0), (width - 1, height - 1), (width / 3, height / 7), (123.4, 456.7 % height)]:
         back = from_model(to_model((x, y), size, QWEN3_VL, processor), size, QWEN3_VL, processor)
+        # + 1e-9: float64 rounding of a pixel coordinate (~1e-13); the bound itself is half a model unit
         assert abs(back[0] - x) <= width / 2000 + 1e-9
         assert abs(back[1] - y) <= height / 2000 + 1e-9
     # Known values: the screen centre is (500, 500); the corner is 1000 whatever the size.
@@ -49,6 +50,8 @@ def test_qwen3_vl_relative_coordinates_round_trip(size):
 def test_qwen3_vl_999_convention_and_out_of_range_answers_are_clamped():
     processor = real_image_processor("qwen3-vl-8b-instruct")
     size = (1920, 1080)
+    # pytest.approx's default tolerance (relative 1e-6) on float64 arithmetic of hand-written numbers: no CPU
+    # changes IEEE sums and quotients of a few terms (noise ~1e-16); a wrong formula moves them by more than 1e-2.
     assert from_model((999, 999), size, QWEN3_VL, processor) == pytest.approx((1918.08, 1078.92))
     assert from_model((1200, -5), size, QWEN3_VL, processor) == (1920, 0)
     assert to_model((2000, -1), size, QWEN3_VL, processor) == (1000, 0)
@@ -67,6 +70,7 @@ def test_qwen2_5_vl_resized_pixel_coordinates_invert_the_real_resize(size):
         assert to_model(px, size, QWEN2_5_VL, processor) == (value, value)
     x, y = width * 0.37, height * 0.81
     back = from_model(to_model((x, y), size, QWEN2_5_VL, processor), size, QWEN2_5_VL, processor)
+    # + 1e-9: float64 rounding (~1e-13); the bound is half a resized pixel, a bug is a whole one or more
     assert abs(back[0] - x) <= width / new_w / 2 + 1e-9
     assert abs(back[1] - y) <= height / new_h / 2 + 1e-9
 

@@ -47,6 +47,8 @@ def test_plan_measures_every_combination(tiny_config, tmp_path):
         assert row.text_tokens > 0 and row.image_tokens > 0
         assert 0 < row.step_min <= row.step_seconds <= row.step_max
         assert row.saves == 12 // 100 + 1 and row.save_seconds > 0
+        # pytest.approx's default tolerance (relative 1e-6) on float64 arithmetic of hand-written numbers: no CPU
+        # changes IEEE sums and quotients of a few terms (noise ~1e-16); a wrong formula moves them by more than 1e-2.
         assert row.total_seconds == pytest.approx(
             row.startup_seconds + row.steps * row.step_seconds + row.saves * row.save_seconds, abs=0.1
         )

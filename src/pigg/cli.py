@@ -681,6 +681,9 @@ def main() -> None:
     args = sys.argv[1:]
     debug = "--debug" in args or os.environ.get("PIGG_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
+    from pigg.train.launch import interrupt_once_under_torchrun
+
+    interrupt_once_under_torchrun()
     try:
         app(args=_resume_path_option(args))
     except PiggError as exc:

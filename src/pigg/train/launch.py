@@ -15,9 +15,11 @@ is the part torchrun lacks for long jobs:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,25 @@ def _torchrun(argv: list[str]) -> int:
     return 0
 
 
+def interrupt_once_under_torchrun() -> None:
+    """In a training process started by torchrun, the first SIGINT interrupts and later ones are ignored.
+
+    A Ctrl-C reaches such a process twice: from the terminal (the whole process group) and once more from
+    torchrun's agent, which passes it on to its workers while they are already unwinding from the first.
+    The second KeyboardInterrupt lands wherever the process is by then (a `finally`, gloo's teardown,
+    interpreter shutdown) and prints a traceback from there. Ignoring it cannot hang the job: the agent
+    kills a worker still alive 30 seconds after it passed the signal on.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(number, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+
+
 def _workers(launcher_pid: int) -> list:
     import psutil
 
@@ -128,6 +149,9 @@ def launch(topology: Topology, worker_args: list[str], run_dir: Path) -> int:
         code = process.wait()
     except KeyboardInterrupt:  # Ctrl-C reached the whole process group: torchrun ends its workers
         print("pigg: interrupted; waiting for the training processes to end", flush=True)
+        # torchrun's agent ends its workers (SIGKILL after 30 s): a second Ctrl-C here would only print a
+        # traceback and leave them behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         process.wait()
         return 130
     finally:
