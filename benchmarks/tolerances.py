@@ -77,7 +77,9 @@ def main() -> None:
         cells = [f"{v:.2e}" if v is not None else "-" for v in (noise, row["tolerance"], row["bug"])]
         print(f"{comparison:58} {cells[0]:>12} {cells[1]:>10} {cells[2]:>10}  {ratio}")
     if args.out:
-        args.out.write_text(json.dumps({"personalities": PERSONALITIES, "comparisons": rows}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps({"personalities": PERSONALITIES, "comparisons": rows}, indent=1) + "\n"
+        )
         print(f"\nwritten: {args.out}")
     if failed:
         print(f"tests failed under: {', '.join(failed)}")
