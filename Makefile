@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-text test browser fuzz lint format bench clean
+.PHONY: setup demo demo-text test browser fuzz soak lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,16 @@ test: lint browser
 # the readers' property-based fuzzing at length (2,000 examples a property instead of test's 40)
 fuzz: setup
 	$(BIN)/python -m pytest -q tests/test_fuzz_data.py --hypothesis-profile=fuzz --hypothesis-show-statistics
+
+# the stop tests (signals, Ctrl-C, time limit, SLURM script) and the distributed ones, SOAK times in a row
+# each; `make soak HOG=1` runs them beside a busy loop on every core, as a loaded machine would
+SOAK ?= 30
+STOP_TESTS = tests/test_distributed.py tests/test_run_control.py tests/test_plan.py
+soak: setup
+	@if [ -n "$(HOG)" ]; then for i in $$(seq $$(nproc)); do timeout 3h $(BIN)/python -c "while True: pass" & done; fi; \
+	$(BIN)/python -m pytest -q $(STOP_TESTS) --count $(SOAK) -x \
+	  -k "test_distributed or stopped_and_resumed or killed_midway or time_limit or sigterm or sbatch"; \
+	code=$$?; [ -n "$(HOG)" ] && pkill -f "while True: pass"; exit $$code
 
 clean:
 	rm -rf $(VENV) demo_out runs logs

@@ -93,9 +93,9 @@ def test_a_save_killed_midway_leaves_no_checkpoint_and_resume_skips_incomplete_o
 
 
 def test_time_limit_saves_before_the_limit_and_stops(tiny_config, tmp_path):
-    # The job "started" 100 s ago with a 120 s limit: 20 s are left for a 2,000-step run. 20 s, not less: the
-    # model and data load inside them, and a loaded 2-core machine (a CPU hog beside the suite) took 6 s
-    # for that; the run stops ~4.5 s before the limit (one step, the first save's estimate, 2%).
+    # The job "started" 100 s ago with a 120 s limit: 20 s are left for a 2,000-step run. 20 s, not the 10 of
+    # before: the model and data load inside them, several times slower with a CPU hog beside the suite, and
+    # the run stops ~4.5 s before the limit (one step, the first save's estimate, 2% of the limit).
     started = time.time() - 100
     result = train(tiny_config("train.max_steps=2000", "train.time_limit=120s"), started=started)
     finished = time.time() - started
