@@ -181,10 +181,17 @@ def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
     config, _, _ = two_rank_run
     cfg = config("interrupted")
     path = _write(cfg, Path(cfg.train.output_dir).parent / "interrupted.yaml")
-    process = _pigg(
-        "train", str(path), "--nproc", "2",
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    # A terminal's shell starts a job with Ctrl-C at its default; a test run in the background (`make test &`,
+    # a CI runner) may inherit SIGINT ignored, which the launcher would keep ignoring. A Python handler here
+    # reaches the child as the default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = _pigg(
+            "train", str(path), "--nproc", "2",
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
     seen = []
     for line in process.stdout:
         seen.append(line)

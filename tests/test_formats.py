@@ -12,6 +12,7 @@ import torch
 
 from conftest import caught, within
 from pigg.data.formats import detect_format, read_hf, read_llamafactory, read_screenspot
+from pigg.data.sample import image_size
 from pigg.data.sources import read_samples
 from pigg.errors import DataError
 
@@ -240,7 +241,8 @@ def test_hf_dataset_saved_to_disk_and_parquet(synth_data, tmp_path):
         first = result.samples[1]
         assert first.messages[0]["content"][1] == {"type": "text", "text": "What is red?"}
         assert first.answer() == "The button." and first.source.endswith("#1")
-        assert first.messages[0]["content"][0]["image"].size == picture.size
+        # kept as stored (PNG bytes), decoded by validation with the row's name
+        assert image_size(first.messages[0]["content"][0]["image"], first.base_dir) == picture.size
     datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(str(tmp_path / "textonly"))
     with pytest.raises(DataError, match="image column"):
         read_hf(tmp_path / "textonly")

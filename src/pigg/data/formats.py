@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pigg.data.sample import Problem, Sample
-from pigg.data.sources import ReadResult, _strict_json, normalise_messages
+from pigg.data.sample import Problem, Sample, finite_numbers, kind_of
+from pigg.data.sources import PLACEHOLDER, ReadResult, _strict_json, normalise_messages
 from pigg.errors import DataError
 
-PLACEHOLDER = "<image>"
 DATASET_INFO = "dataset_info.json"
 
 
@@ -209,12 +208,29 @@ def read_rows(path: Path, layout: Layout | None = None, media_dir: Path | None =
     return ReadResult(samples, problems)
 
 
+def _object(value: Any, where: str, info: Path) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DataError(f"{info}: {where} must be an object, not {kind_of(value)}")
+    return value
+
+
+def _strings(value: Any, where: str, info: Path) -> dict[str, str]:
+    """An object of names (LLaMA-Factory's `columns` and `tags`): every value a non-empty string."""
+    value = _object(value, where, info)
+    for key, item in value.items():
+        if not isinstance(item, str) or not item:
+            raise DataError(f"{info}: {where}.{key} must be a column or tag name (text), not {kind_of(item)}")
+    return value
+
+
 def _registered(info: Path, name: str | None) -> tuple[Path, Layout]:
-    """The file and layout a dataset_info.json entry registers."""
+    """The file and layout a dataset_info.json entry registers; the registry is checked as data, each
+    problem named by its key path."""
     try:
-        entries = json.loads(info.read_text())
+        entries = _strict_json(info.read_bytes().decode("utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise DataError(f"{info}: cannot read: {exc}") from None
+    entries = _object(entries, "the top level", info)
     if name is None:
         if len(entries) != 1:
             raise DataError(
@@ -223,13 +239,16 @@ def _registered(info: Path, name: str | None) -> tuple[Path, Layout]:
         name = next(iter(entries))
     if name not in entries:
         raise DataError(f"{info}: no dataset {name!r}; it registers {', '.join(entries)}")
-    entry = entries[name]
+    entry = _object(entries[name], name, info)
     if "file_name" not in entry:
         raise DataError(
             f"{info}: dataset {name!r} has no file_name (hub and script datasets are not read here)"
         )
+    if not isinstance(entry["file_name"], str) or not entry["file_name"]:
+        raise DataError(f"{info}: {name}.file_name must be a file name, not {kind_of(entry['file_name'])}")
     formatting = entry.get("formatting", "alpaca")
-    columns, tags = entry.get("columns", {}), entry.get("tags", {})
+    columns = _strings(entry.get("columns", {}), f"{name}.columns", info)
+    tags = _strings(entry.get("tags", {}), f"{name}.tags", info)
     if formatting == "alpaca":
         layout = Layout(
             formatting="alpaca",
@@ -248,9 +267,7 @@ def _registered(info: Path, name: str | None) -> tuple[Path, Layout]:
             tags.get("system_tag", "system"): "system",
         }
     else:
-        raise DataError(
-            f"{info}: dataset {name!r} has formatting {formatting!r}; pigg reads alpaca and sharegpt"
-        )
+        raise DataError(f"{info}: {name}.formatting is {formatting!r:.40}; pigg reads alpaca and sharegpt")
     layout.images = columns.get("images", "images")
     layout.system = columns.get("system", "system")
     return info.parent / entry["file_name"], layout
@@ -299,19 +316,49 @@ def _hf_table(path: Path):
         ) from None
 
 
+def _stored(feature):
+    """`feature` with every Image inside it left undecoded ({"bytes", "path"})."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return datasets.Image(decode=False)
+    if isinstance(feature, datasets.List | datasets.LargeList | datasets.Sequence):
+        return type(feature)(_stored(feature.feature))
+    if isinstance(feature, dict):
+        return {key: _stored(value) for key, value in feature.items()}
+    return feature
+
+
+def _image_value(value: Any) -> Any:
+    """An undecoded image cell as a sample's image: its bytes (decoded, and checked, by validation with the
+    row's name) or its file path."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        if isinstance(value.get("path"), str) and value["path"]:
+            return value["path"]
+        raise ValueError("an image cell with neither bytes nor a path")
+    return value
+
+
 def read_hf(path: Path) -> ReadResult:
     """A dataset saved by `datasets` (save_to_disk, parquet, arrow): `messages` + `images` columns, or one
-    image column (an Image feature) with prompt and answer columns."""
+    image column (an Image feature) with prompt and answer columns. Images are not decoded here: a cell
+    that holds no image is a problem at its row when validation opens it."""
     import datasets
 
     table = _hf_table(path)
+    table = table.cast(datasets.Features({k: _stored(v) for k, v in table.features.items()}))
     names = table.column_names
+    base_dir = path if path.is_dir() else path.parent
     if "messages" in names or "conversations" in names:
         result = ReadResult([], [])
         for index, row in enumerate(table):
             source = f"{path}#{index}"
             try:
-                result.samples.append(row_to_sample(row, source, path if path.is_dir() else path.parent))
+                if isinstance(row.get("images"), list):
+                    row["images"] = [_image_value(v) for v in row["images"]]
+                result.samples.append(row_to_sample(row, source, base_dir))
             except (ValueError, TypeError) as exc:
                 result.problems.append(Problem(source, f"malformed row: {exc}"))
         return result
@@ -334,15 +381,18 @@ def read_hf(path: Path) -> ReadResult:
                 Problem(source, f"malformed row: needs an image, a text {prompt!r} and a text {answer!r}")
             )
             continue
-        messages = [
-            {
-                "role": "user",
-                "content": [{"type": "image", "image": image}, {"type": "text", "text": question}],
-            },
-            {"role": "assistant", "content": reply},
-        ]
         try:
-            samples.append(Sample(normalise_messages(messages), source=source))
+            messages = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": _image_value(image)},
+                        {"type": "text", "text": question},
+                    ],
+                },
+                {"role": "assistant", "content": reply},
+            ]
+            samples.append(Sample(normalise_messages(messages), source=source, base_dir=base_dir))
         except ValueError as exc:
             problems.append(Problem(source, f"malformed row: {exc}"))
     return ReadResult(samples, problems)
@@ -364,6 +414,37 @@ def _screenspot_images(path: Path, images: str | Path | None) -> Path:
     return path.parent
 
 
+def _numbers(value: Any, count: int, what: str) -> tuple[float, ...]:
+    """`count` finite numbers (not booleans, not text); a ValueError says what `value` is instead."""
+    numbers = finite_numbers(value, count, what)
+    if numbers is None:
+        raise ValueError(f"{what} must be {count} numbers, not null")
+    return numbers
+
+
+def _check_img_size(row: dict[str, Any], image_dir: Path) -> None:
+    """ScreenSpot-Pro's boxes are in `img_size`'s pixels: a screenshot of another size would be clicked
+    in the wrong place, so the row is refused (nothing is rescaled: the format does not say to)."""
+    width, height = _numbers(row["img_size"], 2, "img_size")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"img_size {row['img_size']} must be positive")
+    file = image_dir / str(row["img_filename"])
+    if not file.is_file():
+        return  # validation names the missing screenshot
+    from PIL import Image
+
+    try:
+        with Image.open(file) as image:
+            real = image.size
+    except Exception:  # noqa: BLE001 -- a damaged screenshot is validation's to report, with its row
+        return
+    if real != (int(width), int(height)):
+        raise ValueError(
+            f"img_size {int(width)}x{int(height)} but the screenshot {file.name} is {real[0]}x{real[1]}: "
+            "its box would be read in the wrong pixels (refused, not rescaled)"
+        )
+
+
 def read_screenspot(path: Path, images: str | Path | None = None) -> ReadResult:
     """A ScreenSpot (v1, v2) or ScreenSpot-Pro annotation file as evaluation samples: the instruction on
     its screenshot, the target box (v1/v2 write [x, y, width, height], Pro [x1, y1, x2, y2] with
@@ -383,7 +464,9 @@ def read_screenspot(path: Path, images: str | Path | None = None) -> ReadResult:
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
             pro = "img_size" in row or "ui_type" in row
-            x, y, a, b = (float(v) for v in row["bbox"])
+            x, y, a, b = _numbers(row["bbox"], 4, "bbox")
+            if "img_size" in row:
+                _check_img_size(row, image_dir)
             box = (x, y, a, b) if pro else (x, y, x + a, y + b)
             target = Target.from_dict(
                 {"point": [(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], "box": list(box)}
@@ -419,31 +502,81 @@ def read_screenspot(path: Path, images: str | Path | None = None) -> ReadResult:
 # ---------------------------------------------------------------- which format
 
 
-def _first_row(path: Path) -> Any:
+def _numbered_rows(path: Path) -> list[tuple[int, Any]]:
+    """(row number, row) of every readable row of a JSON list or JSONL file (lines: 1-based line numbers;
+    a JSON list: 0-based indices, as the readers name them); unreadable rows are the readers' to report."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.strip():
-                    try:
-                        return json.loads(line)
-                    except ValueError:
-                        return None
-        return None
+        rows = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except ValueError:
+                    continue
+        return rows
     try:
-        rows = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+        rows = json.loads(text)
     except ValueError:
+        return []
+    return list(enumerate(rows)) if isinstance(rows, list) else []
+
+
+# what a row's keys show; rows that could be either (text-only chat turns) show nothing
+ROW_STYLES = {
+    "screenspot": "ScreenSpot annotations",
+    "placeholder": "LLaMA-Factory / ms-swift rows (images in an images list, <image> placeholders)",
+    "pigg": "pigg rows (image items in messages, or a target)",
+}
+
+
+def _row_style(row: Any) -> str | None:
+    if not isinstance(row, dict):
         return None
-    return rows[0] if isinstance(rows, list) and rows else None
-
-
-def _placeholder_style(row: dict[str, Any]) -> bool:
-    if "images" in row or "conversations" in row or "query" in row or "instruction" in row:
-        return True
+    if "img_filename" in row:
+        return "screenspot"
+    if "images" in row or "conversations" in row or {"query", "response"} <= row.keys():
+        return "placeholder"
+    if {"instruction", "output"} <= row.keys():
+        return "placeholder"
     turns = row.get("messages")
-    return isinstance(turns, list) and any(
-        isinstance(t, dict) and isinstance(t.get("content"), str) and PLACEHOLDER in t["content"]
-        for t in turns
-    )
+    contents = [t.get("content") for t in turns if isinstance(t, dict)] if isinstance(turns, list) else []
+    if any(isinstance(c, str) and PLACEHOLDER in c for c in contents):
+        return "placeholder"
+    if "target" in row or any(isinstance(c, list) for c in contents):
+        return "pigg"
+    return None
+
+
+def _ranges(numbers: list[int]) -> str:
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:3])
+    return shown + (f" and {len(runs) - 3} more stretches" if len(runs) > 3 else "")
+
+
+def _file_style(path: Path) -> str | None:
+    """The one style every row of the file shows (None: no row shows one); rows that disagree are refused
+    rather than read as the first row's format."""
+    seen: dict[str, list[int]] = {}
+    for number, row in _numbered_rows(path):
+        style = _row_style(row)
+        if style is not None:
+            seen.setdefault(style, []).append(number)
+    if len(seen) > 1:
+        what = "lines" if path.suffix == ".jsonl" else "rows"
+        parts = "; ".join(
+            f"{what} {_ranges(numbers)} look like {ROW_STYLES[s]}" for s, numbers in seen.items()
+        )
+        raise DataError(
+            f"{path}: its rows disagree on the format: {parts}. Make them one format, or set data.format "
+            "(pigg, llamafactory, swift, screenspot) to read every row as that one"
+        )
+    return next(iter(seen), None)
 
 
 def detect_format(path: Path) -> str:
@@ -462,9 +595,9 @@ def detect_format(path: Path) -> str:
         return "llamafactory"
     if path.suffix in (".parquet", ".arrow"):
         return "hf"
-    row = _first_row(path) if path.suffix in (".json", ".jsonl") else None
-    if isinstance(row, dict) and "img_filename" in row and "bbox" in row:
+    style = _file_style(path) if path.suffix in (".json", ".jsonl") else None
+    if style == "screenspot":
         return "screenspot"
-    if path.suffix == ".json" or (isinstance(row, dict) and _placeholder_style(row)):
+    if path.suffix == ".json" or style == "placeholder":
         return "llamafactory"
     return "pigg"

@@ -30,12 +30,12 @@ class Target:
         if raw is None or raw == {}:
             return None
         if not isinstance(raw, dict):
-            raise ValueError(f"target must be an object with 'point' and/or 'box', not {_kind(raw)}")
+            raise ValueError(f"target must be an object with 'point' and/or 'box', not {kind_of(raw)}")
         unknown = sorted(str(k) for k in raw if k not in ("point", "box"))
         if unknown:
             raise ValueError(f"target has unknown key(s) {', '.join(unknown)}; it takes 'point' and 'box'")
-        point = _numbers(raw.get("point"), 2, "target point [x, y]")
-        box = _numbers(raw.get("box"), 4, "target box [x1, y1, x2, y2]")
+        point = finite_numbers(raw.get("point"), 2, "target point [x, y]")
+        box = finite_numbers(raw.get("box"), 4, "target box [x1, y1, x2, y2]")
         if box is not None and not (box[0] < box[2] and box[1] < box[3]):
             raise ValueError(f"target box {list(box)} must have x1 < x2 and y1 < y2")
         return cls(point=point, box=box) if point or box else None
@@ -57,17 +57,17 @@ class Target:
         }
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
 
 
-def _numbers(raw: Any, count: int, what: str) -> tuple[float, ...] | None:
+def finite_numbers(raw: Any, count: int, what: str) -> tuple[float, ...] | None:
     if raw is None:
         return None
     if type(raw).__module__ == "numpy" and hasattr(raw, "tolist"):  # a pickled numpy array of numbers
         raw = raw.tolist()
     if not isinstance(raw, list | tuple) or len(raw) != count:
-        raise ValueError(f"{what} must be {count} numbers, not {_kind(raw)}")
+        raise ValueError(f"{what} must be {count} numbers, not {kind_of(raw)}")
     if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in raw):  # numpy's too
         raise ValueError(f"{what} must be {count} numbers, not {list(raw)!r:.60}")
     if not all(math.isfinite(v) for v in raw):

@@ -21,6 +21,7 @@ from pigg.data.sample import Problem, Sample, Target
 from pigg.errors import DataError, UnsafePickleError, reading
 
 ROLES = ("system", "user", "assistant")
+PLACEHOLDER = "<image>"  # where LLaMA-Factory's and ms-swift's rows put an image in the text
 USER_FILE = re.compile(r"user_(\d+)\.pkl")
 
 _SAFE_GLOBALS = {
@@ -157,18 +158,30 @@ def normalise_messages(raw: Any) -> list[dict[str, Any]]:
     return out
 
 
+OTHER_FORMAT = "this row looks like LLaMA-Factory's or ms-swift's: set data.format=llamafactory (or swift)"
+
+
 def _record_to_sample(record: Any, source: str, base_dir: Path, user_id: int | None) -> Sample:
     target = None
     meta: dict[str, Any] = {}
     if isinstance(record, dict) and "messages" in record:
+        if "images" in record:  # never train on the text and drop the images
+            raise ValueError(
+                f"an 'images' field, which pigg's rows do not have (images are items); {OTHER_FORMAT}"
+            )
         messages = record["messages"]
         target = Target.from_dict(record.get("target"))
         user_id = record.get("user_id", user_id)
         meta = {k: v for k, v in record.items() if k not in ("messages", "target", "user_id")}
     else:
         messages = record  # seed 000: a bare message list
+    messages = normalise_messages(messages)
+    if any(PLACEHOLDER in item.get("text", "") for turn in messages for item in turn["content"]):
+        raise ValueError(
+            f"an {PLACEHOLDER} placeholder in text, where pigg's rows have image items; {OTHER_FORMAT}"
+        )
     return Sample(
-        messages=normalise_messages(messages),
+        messages=messages,
         user_id=_user_id(user_id),
         target=target,
         source=source,

@@ -36,6 +36,11 @@ def _label_of(value: Any, spec: ClassifySection) -> str:
     """The configured label a row's label cell names; ValueError says why it names none."""
     if isinstance(value, bool) or value is None:
         raise ValueError(f"label {value!r} is not a class name or index")
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        if value != value:
+            raise ValueError("the label is missing (NaN)")
+        if float(value).is_integer():  # pandas stores an integer column with a missing cell as floats
+            value = int(value)
     if isinstance(value, numbers.Integral) or (
         isinstance(value, str) and value.strip().lstrip("-").isdigit()
     ):
@@ -152,6 +157,7 @@ def _load_table(path: Path, kind: str, spec: ClassifySection):
         names = spec.columns or _header(path, sep)
         options["features"] = datasets.Features({n: datasets.Value("string") for n in names})
         options["keep_default_na"] = False
+        options["encoding"] = "utf-8-sig"  # Excel's "CSV UTF-8" starts with a byte-order mark
     datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory(prefix="pigg_table_") as cache:
         try:
@@ -165,13 +171,24 @@ def _load_table(path: Path, kind: str, spec: ClassifySection):
 
 
 def _header(path: Path, sep: str) -> list[str]:
+    """The header row's column names, each named once: a repeated or blank name would leave one of the
+    columns unread (the table keeps the first of two, a blank one gets a generated name)."""
     import csv
 
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return next(csv.reader(handle, delimiter=sep), [])
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            names = next(csv.reader(handle, delimiter=sep), [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read the header row: {exc}") from None
+    for number, name in enumerate(names, start=1):
+        if not name.strip():
+            raise DataError(f"{path}:1: column {number} of the header has no name; name it")
+        if names.index(name) + 1 != number:
+            raise DataError(
+                f"{path}:1: the header names column {name!r} twice (columns {names.index(name) + 1} and "
+                f"{number}); rename one, or name the columns with classify.columns"
+            )
+    return names
 
 
 def _table_rows(path: Path, kind: str, spec: ClassifySection) -> ReadResult:

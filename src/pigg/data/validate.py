@@ -205,8 +205,11 @@ def _validate_rendered(
     return ValidationReport(usable, problems, checked, tokens)
 
 
-def enforce(report: ValidationReport, on_error: str, run_dir: Path | None = None) -> list[Sample]:
-    """Apply `data.on_error`: stop with every problem listed, or skip the bad samples and record them."""
+def enforce(
+    report: ValidationReport, on_error: str, run_dir: Path | None = None, purpose: str = "train"
+) -> list[Sample]:
+    """Apply `data.on_error`: stop with every problem listed, or skip the bad samples and record them.
+    `purpose` (train, evaluate) is what the samples are for, as the message tells the user."""
     if report.ok:
         return report.samples
     if on_error == "skip":
@@ -219,11 +222,12 @@ def enforce(report: ValidationReport, on_error: str, run_dir: Path | None = None
     shown = "\n".join(f"  - {p}" for p in report.problems[:50])
     more = f"\n  ... and {len(report.problems) - 50} more" if len(report.problems) > 50 else ""
     fix = (
-        f"Fix them, or set data.on_error=skip to train on the {len(report.samples)} good samples"
+        f"Fix them, or set data.on_error=skip to {purpose} on the {len(report.samples)} good samples"
         if report.samples
         else "No sample is usable: fix them"
     )
+    done = "trained" if purpose == "train" else "evaluated"
     raise DataError(
-        f"{len(report.problems)} problem(s) in {report.checked} samples; nothing was trained. "
+        f"{len(report.problems)} problem(s) in {report.checked} samples; nothing was {done}. "
         f"{fix}:\n{shown}{more}"
     )

@@ -202,7 +202,7 @@ def run_eval(
         from pigg.classification.evaluate import classify_config, run_classify_eval
 
         cfg = classify_config(anchor, data, max_samples)
-        samples = prepare_data(cfg, run_dir=out).train
+        samples = prepare_data(cfg, run_dir=out, purpose="evaluate").train
         print(f"evaluating {', '.join(r.label for r in refs)} on {len(samples)} samples of {cfg.data.path}")
         modes = ("generate", "likelihood") if mode == "both" else (mode,)
         return run_classify_eval(refs, cfg, samples, out, modes, batch_size or cfg.eval.batch_size)
@@ -216,7 +216,7 @@ def run_eval(
         loss=loss,
         image_cache=cfg.data.image_cache,
     )
-    samples = prepare_data(cfg, run_dir=out).train
+    samples = prepare_data(cfg, run_dir=out, purpose="evaluate").train
     if not samples:
         raise ConfigError(f"no samples for users {cfg.data.train_users} in {cfg.data.path}")
     print(

@@ -94,9 +94,11 @@ def read_data(cfg: ExperimentConfig, path: str, users_spec) -> ReadResult:
     return read_samples(path, parse_users(users_spec), data.format, data.dataset, data.images)
 
 
-def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True) -> PreparedData:
+def prepare_data(
+    cfg: ExperimentConfig, run_dir: Path | None = None, check: bool = True, purpose: str = "train"
+) -> PreparedData:
     """Processor and checked samples, without loading any weights. Skipped samples are listed in run_dir
-    (default: the run's output folder)."""
+    (default: the run's output folder); `purpose` (train, evaluate) words the messages."""
     run_dir = Path(cfg.train.output_dir) if run_dir is None else run_dir
     family, processor, renderer = load_renderer(cfg)
 
@@ -109,14 +111,15 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path | None = None, check: bool
         report.problems[:0] = read.problems
         report.checked += len(read.problems)
         writer = run_dir if process_rank()[0] == 0 else None  # one process writes the skipped list
-        return enforce(report, cfg.data.on_error, writer), report.tokens
+        return enforce(report, cfg.data.on_error, writer, purpose), report.tokens
 
     train, tokens = checked(cfg.data.train_users)
+    what = "training samples" if purpose == "train" else "samples to evaluate"
     if not train and cfg.task == "classify":
-        raise DataError(f"no training samples in {cfg.data.path}")
+        raise DataError(f"no {what} in {cfg.data.path}")
     if not train:
         raise DataError(
-            f"no training samples: data.train_users={cfg.data.train_users} selects none in "
+            f"no {what}: data.train_users={cfg.data.train_users} selects none in "
             f"{cfg.data.path}; check the users and that their files hold samples"
         )
     eval_samples: list[Sample] = []
