@@ -62,11 +62,11 @@ def good_record(image="screen.png") -> dict:
     }
 
 
-def check_property(path: Path, renderer, users=None) -> tuple[int, int]:
-    """Read, validate, and render what was accepted; (accepted, problems). Any exception but a DataError
-    naming `path` fails the test."""
+def check_property(path: Path, renderer, users=None, read=None) -> tuple[int, int]:
+    """Read (with `read(path)`, default: read_samples in the detected format), validate, and render what
+    was accepted; (accepted, problems). Any exception but a DataError naming `path` fails the test."""
     try:
-        read = read_samples(path, users)
+        read = read(path) if read else read_samples(path, users)
     except DataError as exc:  # the whole file is unreadable: its name must be in the message
         assert str(path) in str(exc)
         return 0, 1
@@ -118,11 +118,14 @@ def _paths(value, prefix=()):
 
 
 @st.composite
-def damaged_record(draw):
+def damaged_record(draw, good=good_record):
     """A good record with one to three places replaced by arbitrary JSON-like values or removed."""
-    record = good_record()
+    record = good()
     for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from([p for p in _paths(record) if p]))
+        places = [p for p in _paths(record) if p]
+        if not places:  # everything removed already
+            break
+        path = draw(st.sampled_from(places))
         parent = record
         for key in path[:-1]:
             parent = parent[key]
@@ -193,6 +196,151 @@ def test_damaged_screenshots_are_refused_at_validation_or_render(world, data):
     path = folder / "png.jsonl"
     path.write_text(json.dumps(good_record(image="damaged.png")) + "\n")
     check_property(path, renderer)
+
+
+# ---------------------------------------------------------------- the other tools' formats, tables, ScreenSpot
+# The same property for every reader: accepted (and then rendered) or refused naming the file and the row.
+
+
+def swift_row() -> dict:
+    return {
+        "messages": [
+            {"role": "user", "content": "<image>click ok"},
+            {"role": "assistant", "content": "(500, 500)"},
+        ],
+        "images": ["screen.png"],
+    }
+
+
+def sharegpt_row() -> dict:
+    return {
+        "conversations": [
+            {"from": "human", "value": "<image>click ok"},
+            {"from": "gpt", "value": "(500, 500)"},
+        ],
+        "images": ["screen.png"],
+        "system": "You click.",
+    }
+
+
+def alpaca_row() -> dict:
+    return {"instruction": "<image>click", "input": "ok", "output": "(500, 500)", "images": ["screen.png"]}
+
+
+def screenspot_row() -> dict:
+    return {"img_filename": "screen.png", "bbox": [10, 20, 60, 40], "instruction": "click ok", "img_size": [320, 240],
+            "ui_type": "icon", "platform": "web"}  # fmt: skip
+
+
+def table_row() -> dict:
+    return {"text": "Stocks rally", "label": "Business"}
+
+
+NEWS = {"labels": ["World", "Sports", "Business", "Sci/Tech"], "text_column": "text"}
+
+
+def _classification(path: Path):
+    from pigg.config import ClassifySection
+    from pigg.data.tables import read_classification
+
+    return read_classification(path, ClassifySection(**NEWS))
+
+
+ROWS = {"swift": swift_row, "sharegpt": sharegpt_row, "alpaca": alpaca_row, "screenspot": screenspot_row}
+
+
+@fuzz_settings
+@given(data=st.data(), kind=st.sampled_from(sorted(ROWS)), suffix=st.sampled_from([".json", ".jsonl"]))
+def test_other_tools_rows_and_screenspot_mutated_are_read_or_refused_with_file_and_row(
+    world, data, kind, suffix
+):
+    folder, renderer = world
+    rows = data.draw(
+        st.lists(
+            st.one_of(damaged_record(ROWS[kind]), st.builds(ROWS[kind]), json_like), min_size=1, max_size=4
+        )
+    )
+    path = folder / f"{kind}{suffix}"
+    text = [json.dumps(r, allow_nan=True) for r in rows]
+    path.write_text("[" + ",".join(text) + "]" if suffix == ".json" else "\n".join(text) + "\n")
+    check_property(path, renderer)
+
+
+@fuzz_settings
+@given(data=st.data(), kind=st.sampled_from(sorted(ROWS)), suffix=st.sampled_from([".json", ".jsonl"]))
+def test_other_tools_files_with_damaged_bytes_are_read_or_refused(world, data, kind, suffix):
+    folder, renderer = world
+    rows = [json.dumps(ROWS[kind]()) for _ in range(3)]
+    good = ("[" + ",".join(rows) + "]" if suffix == ".json" else "\n".join(rows) + "\n").encode()
+    path = folder / f"bytes_{kind}{suffix}"
+    path.write_bytes(_damage(good, data.draw))
+    check_property(path, renderer)
+
+
+def info_entry() -> dict:
+    return {"file_name": "registered.json", "formatting": "sharegpt", "columns": {"messages": "conversations"},
+            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}  # fmt: skip
+
+
+@fuzz_settings
+@given(entry=st.one_of(damaged_record(info_entry), json_like))
+def test_a_mutated_dataset_info_registers_its_file_or_is_refused_naming_it(world, entry):
+    folder, renderer = world
+    registry = folder / "registry"
+    registry.mkdir(exist_ok=True)
+    (registry / "registered.json").write_text(json.dumps([sharegpt_row()]))
+    Image.new("RGB", (320, 240), (200, 210, 220)).save(registry / "screen.png")
+    (registry / "dataset_info.json").write_text(json.dumps({"boxes": entry}, allow_nan=True))
+    check_property(registry, renderer)
+
+
+@fuzz_settings
+@given(data=st.data(), suffix=st.sampled_from([".csv", ".tsv", ".jsonl"]))
+def test_classification_tables_damaged_are_read_or_refused_with_file_and_row(world, data, suffix):
+    folder, renderer = world
+    path = folder / f"table{suffix}"
+    if suffix == ".jsonl":
+        rows = data.draw(st.lists(st.one_of(damaged_record(table_row), json_like), min_size=1, max_size=4))
+        path.write_text("\n".join(json.dumps(r, allow_nan=True) for r in rows) + "\n")
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        good = f"text{sep}label\r\nStocks rally{sep}Business\nFinal score{sep}2\n".encode()
+        bom = data.draw(st.sampled_from([b"", b"\xef\xbb\xbf"]))
+        path.write_bytes(bom + _damage(good, data.draw))
+    check_property(path, renderer, read=_classification)
+
+
+@fuzz_settings
+@given(data=st.data())
+def test_damaged_parquet_tables_and_hf_datasets_are_read_or_refused(world, data):
+    import datasets
+
+    folder, renderer = world
+    picture = io.BytesIO()
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(picture, format="PNG")
+    kind = data.draw(st.sampled_from(["table", "hf"]))
+    path = folder / f"{kind}.parquet"
+    if kind == "table":
+        labels = data.draw(
+            st.lists(st.one_of(st.integers(-2, 6), st.floats(), st.text(max_size=8)), min_size=1, max_size=3)
+        )
+        table = datasets.Dataset.from_dict(
+            {"text": ["Stocks rally"] * len(labels), "label": [str(v) for v in labels]}
+        )
+    else:
+        cells = data.draw(st.lists(st.sampled_from(["good", "cut", "noise"]), min_size=1, max_size=3))
+        png = picture.getvalue()
+        raw = {"good": png, "cut": png[: len(png) // 3], "noise": b"\x89PNG not really"}
+        table = datasets.Dataset.from_dict(
+            {"image": [{"bytes": raw[c], "path": None} for c in cells], "question": ["what"] * len(cells),
+             "answer": ["red"] * len(cells)},
+            features=datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                        "answer": datasets.Value("string")}),
+        )  # fmt: skip
+    table.to_parquet(str(path))
+    if data.draw(st.booleans()):
+        path.write_bytes(_damage(path.read_bytes(), data.draw))
+    check_property(path, renderer, read=_classification if kind == "table" else None)
 
 
 # ---------------------------------------------------------------- each damage kind, through the CLI

@@ -316,6 +316,23 @@ def _hf_table(path: Path):
         ) from None
 
 
+def table_rows(table, chunk: int = 1024):
+    """(index, row) of a `datasets.Dataset`, where a row that cannot be turned into Python values (text
+    that is not UTF-8 in a damaged parquet file) comes as its exception instead of ending the iteration."""
+    for start in range(0, len(table), chunk):
+        try:
+            columns = table[start : start + chunk]
+            names = list(columns)
+            count = len(columns[names[0]]) if names else 0
+            yield from ((start + i, {n: columns[n][i] for n in names}) for i in range(count))
+        except (UnicodeDecodeError, ValueError, TypeError):
+            for index in range(start, min(start + chunk, len(table))):
+                try:
+                    yield index, table[index]
+                except (UnicodeDecodeError, ValueError, TypeError) as exc:
+                    yield index, ValueError(f"cannot be read: {type(exc).__name__}: {exc}")
+
+
 def _stored(feature):
     """`feature` with every Image inside it left undecoded ({"bytes", "path"})."""
     import datasets
@@ -353,9 +370,11 @@ def read_hf(path: Path) -> ReadResult:
     base_dir = path if path.is_dir() else path.parent
     if "messages" in names or "conversations" in names:
         result = ReadResult([], [])
-        for index, row in enumerate(table):
+        for index, row in table_rows(table):
             source = f"{path}#{index}"
             try:
+                if isinstance(row, Exception):
+                    raise row
                 if isinstance(row.get("images"), list):
                     row["images"] = [_image_value(v) for v in row["images"]]
                 result.samples.append(row_to_sample(row, source, base_dir))
@@ -371,8 +390,11 @@ def read_hf(path: Path) -> ReadResult:
             f"prompt ({'/'.join(PROMPT_COLUMNS)}) and an answer ({'/'.join(ANSWER_COLUMNS)})"
         )
     samples, problems = [], []
-    for index, row in enumerate(table):
+    for index, row in table_rows(table):
         source = f"{path}#{index}"
+        if isinstance(row, Exception):
+            problems.append(Problem(source, f"malformed row: {row}"))
+            continue
         image, question, reply = row[image_columns[0]], row[prompt], row[answer]
         if isinstance(reply, list) and reply and all(isinstance(r, str) for r in reply):
             reply = reply[0]  # VQA sets list several reference answers: the first one trains

@@ -20,6 +20,7 @@ from typing import Any
 
 from pigg.classification.parse import format_label, parse_label
 from pigg.config import ClassifySection
+from pigg.data.formats import table_rows
 from pigg.data.sample import Problem, Sample
 from pigg.data.sources import ReadResult, _strict_json, _unicode, normalise_messages
 from pigg.errors import DataError
@@ -195,12 +196,14 @@ def _table_rows(path: Path, kind: str, spec: ClassifySection) -> ReadResult:
     table = _load_table(path, kind, spec)
     header = 1 if kind == "csv" and not spec.columns else 0
     samples, problems = [], []
-    for index, row in enumerate(table):
+    for index, row in table_rows(table):
         # a CSV row is named by its line in the file (header included); a parquet row by its index
         source = f"{path}:{index + 1 + header}" if kind == "csv" else f"{path}#{index}"
-        if kind == "csv":
-            row = {k: (v if v != "" else None) for k, v in row.items()}
         try:
+            if isinstance(row, Exception):
+                raise row
+            if kind == "csv":
+                row = {k: (v if v != "" else None) for k, v in row.items()}
             samples.append(row_to_sample(row, source, spec))
         except (ValueError, TypeError) as exc:
             problems.append(Problem(source, f"malformed row: {exc}"))
