@@ -590,10 +590,13 @@ def _file_style(path: Path) -> str | None:
         if style is not None:
             seen.setdefault(style, []).append(number)
     if len(seen) > 1:
-        what = "lines" if path.suffix == ".jsonl" else "rows"
-        parts = "; ".join(
-            f"{what} {_ranges(numbers)} look like {ROW_STYLES[s]}" for s, numbers in seen.items()
-        )
+        what = "line" if path.suffix == ".jsonl" else "row"
+
+        def rows(numbers: list[int]) -> str:
+            many = len(numbers) > 1
+            return f"{what}{'s' if many else ''} {_ranges(numbers)} look{'' if many else 's'} like"
+
+        parts = "; ".join(f"{rows(numbers)} {ROW_STYLES[s]}" for s, numbers in seen.items())
         raise DataError(
             f"{path}: its rows disagree on the format: {parts}. Make them one format, or set data.format "
             "(pigg, llamafactory, swift, screenspot) to read every row as that one"
