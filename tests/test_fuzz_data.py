@@ -138,6 +138,12 @@ def damaged_record(draw, good=good_record):
     return record
 
 
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 240), (90, 140, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _damage(data: bytes, draw) -> bytes:
     """Byte flips and a possible cut."""
     out = bytearray(data)
@@ -190,9 +196,7 @@ def test_damaged_pickles_are_refused_with_their_file_or_read(world, data, protoc
 @given(data=st.data())
 def test_damaged_screenshots_are_refused_at_validation_or_render(world, data):
     folder, renderer = world
-    buffer = io.BytesIO()
-    Image.new("RGB", (320, 240), (90, 140, 200)).save(buffer, format="PNG")
-    (folder / "damaged.png").write_bytes(_damage(buffer.getvalue(), data.draw))
+    (folder / "damaged.png").write_bytes(_damage(_png(), data.draw))
     path = folder / "png.jsonl"
     path.write_text(json.dumps(good_record(image="damaged.png")) + "\n")
     check_property(path, renderer)
@@ -316,8 +320,6 @@ def test_damaged_parquet_tables_and_hf_datasets_are_read_or_refused(world, data)
     import datasets
 
     folder, renderer = world
-    picture = io.BytesIO()
-    Image.new("RGB", (320, 240), (90, 140, 200)).save(picture, format="PNG")
     kind = data.draw(st.sampled_from(["table", "hf"]))
     path = folder / f"{kind}.parquet"
     if kind == "table":
@@ -329,7 +331,7 @@ def test_damaged_parquet_tables_and_hf_datasets_are_read_or_refused(world, data)
         )
     else:
         cells = data.draw(st.lists(st.sampled_from(["good", "cut", "noise"]), min_size=1, max_size=3))
-        png = picture.getvalue()
+        png = _png()
         raw = {"good": png, "cut": png[: len(png) // 3], "noise": b"\x89PNG not really"}
         table = datasets.Dataset.from_dict(
             {"image": [{"bytes": raw[c], "path": None} for c in cells], "question": ["what"] * len(cells),
