@@ -54,10 +54,11 @@ fuzz: setup
 SOAK ?= 30
 STOP_TESTS = tests/test_distributed.py tests/test_run_control.py tests/test_plan.py
 soak: setup
-	@if [ -n "$(HOG)" ]; then for i in $$(seq $$(nproc)); do timeout 3h $(BIN)/python -c "while True: pass" & done; fi; \
+	@hogs=""; if [ -n "$(HOG)" ]; then for i in $$(seq $$(nproc)); do \
+	  timeout 3h $(BIN)/python -c "while True: pass" & hogs="$$hogs $$!"; done; fi; \
 	$(BIN)/python -m pytest -q $(STOP_TESTS) --count $(SOAK) -x \
 	  -k "test_distributed or stopped_and_resumed or killed_midway or time_limit or sigterm or sbatch"; \
-	code=$$?; [ -n "$(HOG)" ] && pkill -f "while True: pass"; exit $$code
+	code=$$?; [ -z "$$hogs" ] || kill $$hogs; exit $$code
 
 clean:
 	rm -rf $(VENV) demo_out runs logs

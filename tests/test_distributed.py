@@ -67,7 +67,9 @@ def two_rank_run(tiny_model, synth_data, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddp")
 
-    def config(name: str, *overrides: str):
+    def config(name: str | Path, *overrides: str):
+        """A run folder `name` under the module's folder, or a test's own folder (a Path): a test run many
+        times in a row (make soak) must not find the last run's checkpoints."""
         raw = {
             "model": {"name": str(tiny_model)},
             "data": {"path": str(synth_data), "train_users": "1-3", "max_length": 256},
@@ -95,27 +97,27 @@ def two_rank_run(tiny_model, synth_data, tmp_path_factory):
     return config, Path(cfg.train.output_dir), out
 
 
-def test_two_ranks_give_the_losses_and_adapter_of_one_process_with_twice_the_batch(two_rank_run):
+def test_two_ranks_give_the_losses_and_adapter_of_one_process_with_twice_the_batch(two_rank_run, tmp_path):
     config, run, out = two_rank_run
-    single = train(config("single", "train.batch_size=4")).summary
+    single = train(config(tmp_path / "single", "train.batch_size=4")).summary
     double = _summary(run)
     assert double["world_size"] == 2 and single["world_size"] == 1 and double["parallel"] == "ddp"
     assert [s for s, _ in double["losses"]] == list(range(1, STEPS + 1))
     within("ddp.losses", difference(dict(double["losses"]), dict(single["losses"])), DDP_LOSS_TOL)
-    adapter = difference(_adapter(run), _adapter(Path(config("single").train.output_dir)))
+    adapter = difference(_adapter(run), _adapter(tmp_path / "single"))
     within("ddp.adapter", adapter, DDP_ADAPTER_TOL)
     # the first loss is the untrained model's on the same 4 samples: no rank trained on other data
     within("ddp.first_loss", abs(double["losses"][0][1] - single["losses"][0][1]), FIRST_LOSS_TOL)
 
 
-def test_a_step_that_loses_one_sample_is_caught(two_rank_run):
+def test_a_step_that_loses_one_sample_is_caught(two_rank_run, tmp_path):
     """The mutation the comparisons above must fail on: each step trained on 3 of its 4 samples (a rank's
     sample dropped or never sharded to it), against the same single process with all 4."""
     config, _, _ = two_rank_run
-    full = train(config("single4", "train.batch_size=4")).summary
-    mutated = train(config("single3", "train.batch_size=3")).summary
+    full = train(config(tmp_path / "single4", "train.batch_size=4")).summary
+    mutated = train(config(tmp_path / "single3", "train.batch_size=3")).summary
     caught("ddp.losses", difference(dict(mutated["losses"]), dict(full["losses"])), DDP_LOSS_TOL)
-    adapters = [_adapter(Path(config(name).train.output_dir)) for name in ("single3", "single4")]
+    adapters = [_adapter(tmp_path / name) for name in ("single3", "single4")]
     caught("ddp.adapter", difference(*adapters), DDP_ADAPTER_TOL)
     caught("ddp.first_loss", abs(mutated["losses"][0][1] - full["losses"][0][1]), FIRST_LOSS_TOL)
 
@@ -131,9 +133,9 @@ def test_only_the_first_process_writes_the_log_and_the_run_folder(two_rank_run):
     assert (run / "adapter_model.safetensors").is_file() and (run / "pigg_config.yaml").is_file()
 
 
-def test_sigterm_to_the_launcher_stops_both_ranks_at_one_step_and_they_resume_exactly(two_rank_run):
+def test_sigterm_to_the_launcher_stops_both_ranks_at_one_step_and_they_resume_exactly(two_rank_run, tmp_path):
     config, straight_run, _ = two_rank_run
-    cfg = config("stopped")
+    cfg = config(tmp_path / "stopped")
     path = _write(cfg, Path(cfg.train.output_dir).parent / "stopped.yaml")
     process = _pigg("train", str(path), "--nproc", "2", stdout=subprocess.PIPE)
     seen = []
@@ -169,7 +171,7 @@ def test_sigterm_to_the_launcher_stops_both_ranks_at_one_step_and_they_resume_ex
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit-identical to the straight 2-rank run
 
 
-def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
+def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run, tmp_path):
     """Ctrl-C reaches the whole process group (launcher, torchrun's agent, the ranks): the job ends with
     exit 130 and no Python traceback from any of them.
 
@@ -179,7 +181,7 @@ def test_ctrl_c_ends_every_process_without_a_traceback(two_rank_run):
     To meet that moment every time, the ranks here get a SIGINT every 5 ms until they are gone: without the
     fix (pigg.train.launch.interrupt_once_under_torchrun) this test failed 3 runs of 3."""
     config, _, _ = two_rank_run
-    cfg = config("interrupted")
+    cfg = config(tmp_path / "interrupted")
     path = _write(cfg, Path(cfg.train.output_dir).parent / "interrupted.yaml")
     # A terminal's shell starts a job with Ctrl-C at its default; a test run in the background (`make test &`,
     # a CI runner) may inherit SIGINT ignored, which the launcher would keep ignoring. A Python handler here
@@ -236,10 +238,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_of_one_process_each_train_like_two_ranks_on_one_node(two_rank_run):
+def test_two_nodes_of_one_process_each_train_like_two_ranks_on_one_node(two_rank_run, tmp_path):
     """The multi-node path (static rendezvous on node 0's address), with both nodes on this machine."""
     config, straight_run, _ = two_rank_run
-    cfg = config("nodes", "train.max_steps=4")
+    cfg = config(tmp_path / "nodes", "train.max_steps=4")
     path = _write(cfg, Path(cfg.train.output_dir).parent / "nodes.yaml")
     port = str(_free_port())
     nodes = [
