@@ -206,6 +206,7 @@ def test_eval_on_a_damaged_screenspot_file_speaks_of_evaluating(tiny_model, tmp_
         ({"boxes": {"file_name": "rows.json", "columns": ["messages"]}}, "boxes.columns must be an object"),
         ({"boxes": {"file_name": "rows.json", "tags": {"role_tag": 3}}}, "boxes.tags.role_tag must be a column or tag name"),
         ({"boxes": {"file_name": "rows.json", "formatting": ["sharegpt"]}}, "boxes.formatting is ['sharegpt']"),
+        ({"boxes": {"file_name": "x" * 300}}, "File name too long"),  # found by make fuzz
     ],
 )  # fmt: skip
 def test_dataset_info_is_validated_as_data_with_key_paths(tmp_path, info, cause):

@@ -279,7 +279,11 @@ def read_llamafactory(path: Path, dataset: str | None = None) -> ReadResult:
     info = path / DATASET_INFO if path.is_dir() else path
     if info.name == DATASET_INFO:
         data_file, layout = _registered(info, dataset)
-        if not data_file.is_file():
+        try:
+            found = data_file.is_file()
+        except OSError as exc:  # a name longer than the file system allows, ...
+            raise DataError(f"{info}: registered file {str(data_file)[:200]!r}: {exc.strerror}") from None
+        if not found:
             raise DataError(f"{info}: registered file {data_file} does not exist")
         return read_rows(data_file, layout, media_dir=info.parent)
     return read_rows(path)
@@ -451,14 +455,12 @@ def _check_img_size(row: dict[str, Any], image_dir: Path) -> None:
     if width <= 0 or height <= 0:
         raise ValueError(f"img_size {row['img_size']} must be positive")
     file = image_dir / str(row["img_filename"])
-    if not file.is_file():
-        return  # validation names the missing screenshot
     from PIL import Image
 
     try:
         with Image.open(file) as image:
             real = image.size
-    except Exception:  # noqa: BLE001 -- a damaged screenshot is validation's to report, with its row
+    except Exception:  # noqa: BLE001 -- a missing or damaged screenshot is validation's to report, with its row
         return
     if real != (int(width), int(height)):
         raise ValueError(
