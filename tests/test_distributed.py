@@ -133,20 +133,34 @@ def test_only_the_first_process_writes_the_log_and_the_run_folder(two_rank_run):
     assert (run / "adapter_model.safetensors").is_file() and (run / "pigg_config.yaml").is_file()
 
 
-def test_sigterm_to_the_launcher_stops_both_ranks_at_one_step_and_they_resume_exactly(two_rank_run, tmp_path):
+def test_sigterm_to_every_process_stops_both_ranks_at_one_step_and_they_resume_exactly(
+    two_rank_run, tmp_path
+):
+    """SLURM's SIGTERM (time limit, scancel, preemption) reaches every process of the job at once: the
+    launcher, torchrun's agent (whose own handler would end the ranks while they save), the ranks and their
+    DataLoader workers (torch's worker dies of it, and its rank with it)."""
     config, straight_run, _ = two_rank_run
-    cfg = config(tmp_path / "stopped")
+    cfg = config(tmp_path / "stopped", "train.num_workers=1")  # data order is the sampler's: same steps
     path = _write(cfg, Path(cfg.train.output_dir).parent / "stopped.yaml")
-    process = _pigg("train", str(path), "--nproc", "2", stdout=subprocess.PIPE)
+    process = _pigg(
+        "train",
+        str(path),
+        "--nproc",
+        "2",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     seen = []
     for line in process.stdout:
         seen.append(line)
         if line.startswith("step 2/"):
-            process.send_signal(signal.SIGTERM)  # as a scheduler stops a job: to the launcher
+            os.killpg(process.pid, signal.SIGTERM)
             break
     rest, _ = process.communicate(timeout=300)
     out = "".join(seen) + rest
     assert process.returncode == EXIT_RESUMABLE, out
+    assert "DataLoader worker" not in out and "Traceback" not in out, out
     run = Path(cfg.train.output_dir)
     stopped = _summary(run)
     assert stopped["status"] == "stopped" and "SIGTERM" in stopped["stop_reason"]

@@ -155,6 +155,28 @@ def test_sigterm_to_a_running_job_saves_exits_75_and_resumes(tiny_config, tmp_pa
     assert (tmp_path / "run" / "adapter_model.safetensors").exists()
 
 
+def test_a_stop_signal_while_the_model_loads_stops_after_the_first_step(tiny_config, tmp_path):
+    """SLURM sends its warning up to a minute early: in a short job it can arrive while pigg still loads.
+    The default action of SIGUSR1 would kill the process with nothing saved and no exit code 75."""
+    cfg = tiny_config("train.max_steps=50", "train.method=lora")
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "pigg.cli", "train", str(config_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if line.startswith("pigg train: run"):  # printed before the data and the model load
+            job.send_signal(signal.SIGUSR1)
+    output = "".join(lines)
+    assert job.wait(timeout=120) == EXIT_RESUMABLE, output
+    assert "received SIGUSR1 while starting" in output and "stopped at step 1/50" in output, output
+    assert latest_complete(tmp_path / "run").name == "checkpoint-1"
+
+
 def test_resume_path_option_on_the_command_line(tmp_path):
     from pigg.cli import _resume_path_option
 

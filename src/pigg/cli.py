@@ -29,8 +29,6 @@ app.add_typer(model_app, name="model")
 UserOpt = Annotated[int | None, typer.Option("--user", help="apply this user's adapter from RUN/users/ID")]
 EvalDataOpt = Annotated[str | None, typer.Option(help="data folder or .jsonl (default: the run's data.path)")]
 EvalUsersOpt = Annotated[str | None, typer.Option(help="user ids, e.g. 1-10 (default: the run's test users)")]
-# Set by `pigg train --nproc`: when the job started, so a time limit counts the launch too.
-JOB_STARTED = "PIGG_JOB_STARTED"
 ConfigArg = Annotated[Path, typer.Argument(help="recipe YAML, e.g. configs/global_lora.yaml")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")]
 
@@ -62,6 +60,8 @@ def train(
 
     A run stopped by its time limit or by SIGTERM/SIGUSR1 saves a checkpoint and exits with code 75.
     """
+    from pigg.train.control import JOB_STARTED, catch_stop_signals_early
+
     started = float(os.environ.get(JOB_STARTED, time.time()))
     from pigg.train.run import select_gpus
 
@@ -80,6 +80,7 @@ def train(
         worker = ["train", str(config), *(overrides or []), *extra]
         worker += ["--resume-from", str(resume_from)] if resume_from else ["--resume"] if resume else []
         raise SystemExit(launch(topology, worker, Path(cfg.train.output_dir)))
+    catch_stop_signals_early()  # a training process, alone or one of torchrun's
     result = run_training(cfg, resume=str(resume_from) if resume_from else resume, started=started)
     end_process_group()
     # Under torchrun a worker's non-zero exit reads as a crash: its launcher turns the summary into 75.
@@ -220,27 +221,55 @@ def bench_eval(
 def sbatch(
     config: ConfigArg,
     overrides: Overrides = None,
-    gpus: Annotated[int, typer.Option(help="GPUs per node; more than 1 runs --nproc (torchrun)")] = 1,
+    gpus: Annotated[
+        int, typer.Option(help="GPUs per node: 0 for CPU nodes; more than 1 runs --nproc (torchrun)")
+    ] = 1,
     nodes: Annotated[int, typer.Option(help="nodes; more than 1 runs one launcher per node with srun")] = 1,
     time_: Annotated[
-        str | None, typer.Option("--time", help="job time (8h, 7:30:00); default train.time_limit or 8h")
+        str | None,
+        typer.Option(
+            "--time",
+            help="job time as sbatch reads it (a bare number is minutes; 7:30:00, 2-00:00:00) or 8h, 90m; "
+            "default train.time_limit or 8h",
+        ),
     ] = None,
-    signal_before: Annotated[int, typer.Option(help="seconds before the limit SLURM sends SIGUSR1")] = 300,
+    signal_before: Annotated[
+        int | None,
+        typer.Option(
+            help="seconds before the limit SLURM sends SIGUSR1 (default 300, or a tenth of the job)"
+        ),
+    ] = None,
     partition: str | None = None,
     account: str | None = None,
-    cpus_per_gpu: int = 8,
+    cpus: Annotated[
+        int | None,
+        typer.Option(help="CPUs per node (default 8 per GPU, at most the partition's largest node: sinfo)"),
+    ] = None,
     mem: Annotated[str | None, typer.Option(help="memory per node, e.g. 200G")] = None,
+    python: Annotated[
+        Path | None, typer.Option(help="the Python that runs pigg in the job (default: this pigg's own)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="script file (default: print it)")] = None,
 ):
-    """Write a SLURM batch script: resume on start, save before the limit, requeue until the run is done."""
-    from pigg.train.slurm import sbatch_script
+    """Write a SLURM batch script: resume on start, save before the limit, requeue until the run is done.
+
+    SLURM's own output goes to train.log_dir, which is created now: SLURM opens it before the script runs.
+    """
+    from pigg.config import load_config
+    from pigg.train.slurm import job_cpus, largest_node_cpus, sbatch_script
 
     try:
+        node_cpus = largest_node_cpus(partition) if cpus is None else None
         script = sbatch_script(
-            config, overrides, gpus, time_, nodes, signal_before, partition, account, cpus_per_gpu, mem
-        )
+            config, overrides, gpus, time_, nodes, signal_before, partition, account, cpus, mem,
+            python=python, node_cpus=node_cpus,
+        )  # fmt: skip
+        lowered = job_cpus(gpus, cpus, node_cpus)[1]
     except ValueError as exc:
         raise PiggError(str(exc)) from None
+    if lowered:
+        print(f"pigg sbatch: {lowered}", file=sys.stderr)
+    Path(load_config(config, overrides).train.log_dir).mkdir(parents=True, exist_ok=True)
     if out is None:
         print(script, end="")
         return

@@ -22,6 +22,9 @@ EXIT_RESUMABLE = 75
 STAGING = ".partial"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+# When the job started (epoch seconds), set by `pigg train --nproc` for its processes and by a `pigg sbatch`
+# script: train.time_limit counts from it, so the launch and the queue's start-up count too.
+JOB_STARTED = "PIGG_JOB_STARTED"
 
 
 def clock(seconds: float) -> str:
@@ -89,6 +92,25 @@ def resume_point(run_dir: Path, resume: str | bool | None) -> Path | None:
 # ---------------------------------------------------------------- stopping early
 
 
+# Stop signals that arrived before training began (while the model loaded): SLURM's warning may come that
+# early in a short job, and a signal's default action would kill the process without a word.
+_early: list[str] = []
+
+
+def catch_stop_signals_early() -> None:
+    """From the start of `pigg train`: a stop signal is remembered, and the run stops after its first step
+    (RunControl takes it over), instead of killing the process before anything is saved."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def remember(number, frame):
+        _early.append(signal.Signals(number).name)
+        print(f"received {_early[-1]} while starting: the run stops after its first step", flush=True)
+
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), remember)
+
+
 class RunControl(StepTimer):
     """Asks the Trainer to save and stop when a stop signal arrived or the time limit is near.
 
@@ -117,6 +139,8 @@ class RunControl(StepTimer):
         for name in STOP_SIGNALS:
             number = getattr(signal, name)
             self._previous_handlers[number] = signal.signal(number, self._on_signal)
+        if _early and self.signal_name is None:
+            self.signal_name = _early[-1]
 
     def uninstall(self) -> None:
         for number, handler in self._previous_handlers.items():

@@ -6,8 +6,8 @@ distributed (process groups, DDP, FSDP, DeepSpeed) is the Trainer's and accelera
 is the part torchrun lacks for long jobs:
 
 - a stop signal (SIGTERM, or SIGUSR1 from SLURM) is passed straight to the training processes, which save
-  one checkpoint at the same step and exit normally; torchrun itself would kill its workers after 30
-  seconds on SIGTERM, and dies on SIGUSR1 without passing it on;
+  one checkpoint at the same step and exit normally; torchrun's agent ignores both (on SIGTERM it would
+  end its workers while they save, and it dies on SIGUSR1 without passing it on);
 - the exit code says what happened: 0 done, 75 stopped with a checkpoint (the run's summary says so), or
   torchrun's own code when a worker failed.
 """
@@ -70,6 +70,7 @@ def torchrun_command(topology: Topology, worker_args: list[str]) -> list[str]:
         "pigg.train.launch",  # torchrun's own run(), see _torchrun below
         *where,
         f"--nproc_per_node={topology.nproc}",
+        "--signals_to_handle=SIGINT,SIGHUP,SIGQUIT",  # not SIGTERM: see _torchrun
         "-m",
         "pigg",
         *worker_args,
@@ -83,6 +84,12 @@ def _torchrun(argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    # SLURM sends SIGTERM to every process of a job, this agent included: torchrun's own handler would end
+    # the training processes while they save (torchrun_command leaves SIGTERM out of --signals_to_handle).
+    # They got the signal themselves (and pigg's launcher passes it on), so the agent lets them finish. A
+    # Python handler, unlike SIG_IGN, is not inherited across exec.
+    for number in FORWARDED_SIGNALS:
+        signal.signal(number, lambda number, frame: None)
     try:
         run(parse_args(argv))
     except SignalException as exc:  # Ctrl-C or a kill: torchrun has already ended its workers

@@ -24,6 +24,10 @@ from pigg.models.loading import load_processor, resolve_family
 
 RUN_SUMMARY = "pigg_run.json"
 RUN_CONFIG = "pigg_config.yaml"
+# Which start of a scheduler job this is (`pigg sbatch` sets JOBID.RESTART); written into the summary so a
+# script reads a stop of its own start, never one an earlier job left.
+ATTEMPT_ENV = "PIGG_JOB_ATTEMPT"
+ATTEMPT_KEY = "job_attempt"
 
 
 def select_gpus(gpus: str | None) -> None:
@@ -176,7 +180,15 @@ def checkpoint_bytes(model, method: str) -> int:
 def _workers(setting: str | int) -> int:
     if setting != "auto":
         return int(setting)
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    return max(0, min(8, usable_cpus() - 1))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a SLURM job's allocation or a taskset, not the whole machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
 
 
 def check_approach(cfg: ExperimentConfig, cuda: bool) -> None:
@@ -515,6 +527,7 @@ def train(
                     {
                         "run": cfg.name,
                         "status": "running",
+                        ATTEMPT_KEY: os.environ.get(ATTEMPT_ENV),
                         "method": "lora" if cfg.saves_adapter else "full",
                         "base_model": cfg.model.name,
                     }
@@ -530,6 +543,7 @@ def train(
         summary = {
             "run": cfg.name,
             "status": "stopped" if control.reason else "complete",
+            ATTEMPT_KEY: os.environ.get(ATTEMPT_ENV),
             "method": "lora" if cfg.saves_adapter else "full",
             "base_model": cfg.model.name,
             "family": data.family.name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -32,6 +33,32 @@ class SampleList:
 
     def __getitem__(self, index: int) -> Sample:
         return self.samples[index]
+
+
+class IgnoreStopSignals:
+    """A DataLoader worker_init_fn: the worker ignores SIGTERM and SIGUSR1, then runs the one it wraps.
+
+    SLURM sends SIGTERM to every process of a job (time limit, scancel, preemption), DataLoader workers
+    included; torch's worker handler exits on a SIGTERM that its parent did not send, and the main process
+    then fails with "DataLoader worker ... is killed by signal: Terminated" instead of saving. The main
+    process decides (pigg.train.control saves and stops); its workers end when it ends them.
+    """
+
+    def __init__(self, then=None):
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
+
+
+def _workers_ignore_stop_signals(loader):
+    base = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
+    if not isinstance(base.worker_init_fn, IgnoreStopSignals):  # eval loaders may be reused
+        base.worker_init_fn = IgnoreStopSignals(base.worker_init_fn)
+    return loader
 
 
 class PiggTrainer(Trainer):
@@ -103,6 +130,13 @@ class PiggTrainer(Trainer):
 
         size = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedSampler(size, lengths=self.sample_lengths)
+
+    # -- DataLoader workers that outlive a stop signal --------------------------------------------------
+    def get_train_dataloader(self):
+        return _workers_ignore_stop_signals(super().get_train_dataloader())
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return _workers_ignore_stop_signals(super().get_eval_dataloader(eval_dataset))
 
     # -- checkpoints: written to RUN/.partial/checkpoint-N, renamed when complete ----------------------
     def _get_output_dir(self, trial) -> str:
