@@ -119,7 +119,6 @@ def sbatch_script(
     memory: str | None = None,
     workdir: str | Path | None = None,
     python: str | Path | None = None,
-    slurm_log_dir: str | Path | None = None,
     node_cpus: int | None = None,
 ) -> str:
     """The script text. `signal_before`: seconds before the limit SLURM sends SIGUSR1 (default 300, or a
@@ -129,8 +128,8 @@ def sbatch_script(
     train.time_limit, else 8 hours (seed 001's limit). `gpus` per node, 0 for CPU nodes (no GRES asked).
     `cpus` per node (default: see job_cpus; `node_cpus` is the largest node's count, see
     largest_node_cpus). `python`: the interpreter that runs pigg in the job, by default this one (its
-    environment, by absolute path). `slurm_log_dir`: SLURM's own output file goes there (default
-    train.log_dir); it must exist before submission, which `pigg sbatch` sees to.
+    environment, by absolute path). SLURM's own output file goes to train.log_dir, which must exist before
+    submission: `pigg sbatch` creates it.
     """
     cfg = load_config(config, overrides)  # fails here, not in the queue, on a bad config
     seconds = slurm_duration(time) if time else parse_duration(cfg.train.time_limit or "8h")
@@ -143,7 +142,7 @@ def sbatch_script(
     cpus_per_node, _ = job_cpus(gpus, cpus, node_cpus)
     workdir = Path(workdir or Path.cwd()).absolute()
     python = Path(python or sys.executable).absolute()  # not resolved: a venv's python is a symlink
-    slurm_logs = workdir / (slurm_log_dir or cfg.train.log_dir)
+    slurm_logs = workdir / cfg.train.log_dir
     summary = shlex.quote(str(Path(cfg.train.output_dir) / RUN_SUMMARY))
 
     args = [str(config), *(overrides or []), "--resume", "--time-limit", str(int(seconds))]
