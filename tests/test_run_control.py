@@ -120,18 +120,22 @@ def test_bad_durations(text):
         parse_duration(text)
 
 
-def test_sigterm_to_a_running_job_saves_exits_75_and_resumes(tiny_config, tmp_path):
-    cfg = tiny_config("train.max_steps=14", "train.method=lora")
+def _job_env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def _start_training(cfg, tmp_path) -> subprocess.Popen:
+    """`pigg train` on `cfg` in a process of its own, its output to read line by line."""
     config_file = tmp_path / "job.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    job = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "pigg.cli", "train", str(config_file)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_job_env(),
+    )  # fmt: skip
+
+
+def test_sigterm_to_a_running_job_saves_exits_75_and_resumes(tiny_config, tmp_path):
+    job = _start_training(tiny_config("train.max_steps=14", "train.method=lora"), tmp_path)
     lines = []
     for line in job.stdout:
         lines.append(line)
@@ -147,7 +151,10 @@ def test_sigterm_to_a_running_job_saves_exits_75_and_resumes(tiny_config, tmp_pa
     assert command in output
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "pigg.cli", *command.split()[1:]], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "pigg.cli", *command.split()[1:]],
+        capture_output=True,
+        text=True,
+        env=_job_env(),
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming from {stopped_at}" in resumed.stdout
@@ -158,14 +165,7 @@ def test_sigterm_to_a_running_job_saves_exits_75_and_resumes(tiny_config, tmp_pa
 def test_a_stop_signal_while_the_model_loads_stops_after_the_first_step(tiny_config, tmp_path):
     """SLURM sends its warning up to a minute early: in a short job it can arrive while pigg still loads.
     The default action of SIGUSR1 would kill the process with nothing saved and no exit code 75."""
-    cfg = tiny_config("train.max_steps=50", "train.method=lora")
-    config_file = tmp_path / "job.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    job = subprocess.Popen(
-        [sys.executable, "-m", "pigg.cli", "train", str(config_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
+    job = _start_training(tiny_config("train.max_steps=50", "train.method=lora"), tmp_path)
     lines = []
     for line in job.stdout:
         lines.append(line)
