@@ -27,9 +27,12 @@ demo: setup
 demo-text: setup
 	$(BIN)/pigg demo text --out demo_text_out
 
+# deptry: every import in src/pigg is declared in pyproject.toml (a dependency, or an extra whose absence
+# src/pigg/extras.py turns into one line)
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/deptry src
 
 format: setup
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -50,11 +50,11 @@ def main() -> None:
     if not (stage1 / "pigg_run.json").exists() or "losses" not in (stage1 / "pigg_run.json").read_text():
         print("stage 1: full fine-tuning of the tiny model (the base the four runs adapt)")
         overrides = [*common, f"model.name={tiny}", f"train.output_dir={stage1}", "train.max_steps=150"]
-        train(load_config(REPO / "configs" / "demo_global.yaml", overrides))
+        train(load_config("demo_global", overrides))
 
     runs = []
     for name in RECIPES:
-        recipe = load_config(REPO / "configs" / f"seed002_{name}.yaml")
+        recipe = load_config(f"seed002_{name}")
         scaled = {k: 10 * getattr(recipe.train, k) for k in ("learning_rate", "vision_lr", "aligner_lr")}
         run = out / "runs" / name
         shutil.rmtree(run, ignore_errors=True)
@@ -74,7 +74,7 @@ def main() -> None:
         if recipe.vision.blocks == "last:6":
             overrides.append("vision.blocks=last:1")
         print(f"\n=== {name} ===")
-        train(load_config(REPO / "configs" / f"seed002_{name}.yaml", overrides))
+        train(load_config(f"seed002_{name}", overrides))
         runs.append(run)
     report = compare_runs(runs, args.report)
     print(report.read_text())

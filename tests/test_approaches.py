@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, asset, caught, difference, within
+from conftest import asset, caught, difference, within
 from pigg.config import LoraSection, build_config
 from pigg.errors import ConfigError
 from pigg.models.families import QWEN3_VL
 from pigg.models.placement import parse_memory, place_layers, placement_units, shard_unit_classes
+from pigg.recipes import RECIPES
 from pigg.train.launch import Topology, torchrun_command
 from pigg.train.run import train
 
@@ -100,7 +101,7 @@ def test_model_parallel_refuses_several_processes_and_accelerate_must_match_the_
 def test_deepspeed_settings_must_agree():
     base = {"model": {"name": "m"}, "data": {"path": "d"}}
     with pytest.raises(ConfigError, match="set train.parallel=deepspeed"):
-        build_config(base, ["train.deepspeed=configs/deepspeed/zero2.json"])
+        build_config(base, ["train.deepspeed=zero2"])
     with pytest.raises(ConfigError, match="needs train.deepspeed"):
         build_config(base, ["train.parallel=deepspeed"])
     with pytest.raises(ConfigError, match="max_memory_per_gpu applies to train.parallel=model"):
@@ -301,21 +302,21 @@ def test_every_shipped_launch_config_loads():
     from accelerate.commands.config.config_args import load_config_from_file
 
     kinds = {}
-    for path in sorted((REPO / "configs" / "accelerate").glob("*.yaml")):
+    for path in sorted((RECIPES / "accelerate").glob("*.yaml")):
         config = load_config_from_file(str(path))
         kinds[path.stem] = config.distributed_type.value
         if config.deepspeed_config:
-            ds = REPO / config.deepspeed_config["deepspeed_config_file"]
+            ds = RECIPES / config.deepspeed_config["deepspeed_config_file"]
             stage = int(path.stem[-1])
             assert json.loads(ds.read_text())["zero_optimization"]["stage"] == stage
     assert kinds == {
         "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED",
     }  # fmt: skip
     for name in ("zero2", "zero3"):
-        ds = json.loads((REPO / "configs" / "deepspeed" / f"{name}.json").read_text())
+        ds = json.loads((RECIPES / "deepspeed" / f"{name}.json").read_text())
         # the batch and clipping are the recipe's, filled in by the Trainer from pigg's config
         assert ds["train_micro_batch_size_per_gpu"] == ds["gradient_clipping"] == "auto"
-    zero3 = json.loads((REPO / "configs" / "deepspeed" / "zero3.json").read_text())["zero_optimization"]
+    zero3 = json.loads((RECIPES / "deepspeed" / "zero3.json").read_text())["zero_optimization"]
     assert zero3["stage3_gather_16bit_weights_on_model_save"] is True  # the final model is one folder
-    for recipe in (REPO / "configs" / "seed003").glob("*.yaml"):
+    for recipe in (RECIPES / "seed003").glob("*.yaml"):
         assert yaml.safe_load(recipe.read_text())["train"]["parallel"] in ("ddp", "fsdp", "model")

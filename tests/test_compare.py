@@ -5,11 +5,12 @@ import json
 
 import pytest
 
-from conftest import REPO, asset
+from conftest import asset
 from pigg.cli import app
 from pigg.config import load_config
 from pigg.errors import ConfigError
 from pigg.models.params import parameter_report
+from pigg.recipes import deepspeed_config
 from pigg.train.compare import compare_runs, read_run, smoothed
 from pigg.train.run import train
 
@@ -79,13 +80,12 @@ def test_compare_reads_a_stopped_run_from_its_checkpoint_and_refuses_one_run(tin
     [("last6_lora", 6 * 262_144, 2), ("last6_full", 6 * 12_596_224, 2), ("all_lora", 24 * 262_144, 2), ("all_full", 306_242_560, 4)],
 )  # fmt: skip
 def test_seed_002_recipes(recipe, vision_trainable, accumulation):
-    path = REPO / "configs" / f"seed002_{recipe}.yaml"
-    cfg = load_config(path, [f"model.name={asset('qwen3-vl-4b-instruct')}"])
+    cfg = load_config(f"seed002_{recipe}", [f"model.name={asset('qwen3-vl-4b-instruct')}"])
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 32, 0.1)
     assert (cfg.train.learning_rate, cfg.train.aligner_lr, cfg.train.weight_decay) == (1e-4, 1e-4, 0.1)
     assert (cfg.train.warmup_ratio, cfg.train.batch_size, cfg.train.grad_accum) == (0.2, 2, accumulation)
-    assert cfg.data.packing and cfg.train.deepspeed == "configs/deepspeed/zero2.json"
-    assert json.loads((REPO / cfg.train.deepspeed).read_text())["zero_optimization"]["stage"] == 2
+    assert cfg.data.packing and cfg.train.deepspeed == "zero2"
+    assert json.loads(deepspeed_config(cfg.train.deepspeed).read_text())["zero_optimization"]["stage"] == 2
     parts = {p["part"]: p for p in parameter_report(cfg)["parts"]}
     assert parts["vision"]["trainable"] == vision_trainable
     assert parts["llm"]["indices"] == [34, 35] and parts["aligner"]["method"] == "full"

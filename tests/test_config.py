@@ -1,24 +1,22 @@
-from pathlib import Path
-
 import pytest
 
 from pigg.config import ExperimentConfig, build_config, load_config, parse_users
 from pigg.errors import ConfigError
+from pigg.recipes import recipe_paths
 
-REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {"model": {"name": "m"}, "data": {"path": "d"}}
 
 
 def test_every_shipped_recipe_validates():
-    # configs/accelerate holds accelerate's launch configs, loaded by test_approaches
-    recipes = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
-    assert len(recipes) >= 15
+    # accelerate/ holds accelerate's launch configs, loaded by test_approaches
+    recipes = recipe_paths()
+    assert len(recipes) >= 15 and not any("accelerate" in p.parts for p in recipes)
     for recipe in recipes:
         assert isinstance(load_config(recipe), ExperimentConfig), recipe
 
 
 def test_seed_000_lora_recipe_has_the_seed_numbers():
-    cfg = load_config(REPO / "configs" / "global_lora.yaml")
+    cfg = load_config("global_lora")
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.bias) == (8, 32, 0.1, "none")
     t = cfg.train
     assert (t.learning_rate, t.epochs, t.batch_size, t.grad_accum, t.warmup_steps) == (1e-6, 1, 1, 8, 50)
@@ -26,7 +24,7 @@ def test_seed_000_lora_recipe_has_the_seed_numbers():
     assert t.gradient_checkpointing and cfg.model.max_pixels == 1280 * 28 * 28
     assert parse_users(cfg.data.train_users) == list(range(11, 84))
     assert parse_users(cfg.data.test_users) == list(range(1, 11))
-    assert load_config(REPO / "configs" / "global_full.yaml").train.method == "full"
+    assert load_config("global_full").train.method == "full"
 
 
 def test_overrides_are_typed_and_nested():

@@ -55,19 +55,19 @@ steps=(--warmup "${WARMUP:-2}" --steps "${STEPS:-5}" --repeat "${REPEAT:-2}")
 
 case "${1:-lora}" in
 lora)
-    pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/lora" \
+    pigg bench global_lora "${on_data[@]}" "${steps[@]}" --out "$OUT/lora" \
         --paths "${LORA_PATHS:-baseline,default,default+liger,default-checkpointing,default-checkpointing-half-micro-batch}"
     ;;
 selective)
     # eval first: it takes a minute, and the training bench may run into the call's time limit
     pigg bench-eval --model "$model" --data "$data" --users 1 --max-samples "${EVAL_SAMPLES:-32}" \
         --max-new-tokens 16 --batch-sizes 1,4,16 --out "$OUT/eval"
-    pigg bench configs/seed002_last6_lora.yaml "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
+    pigg bench seed002_last6_lora "${on_data[@]}" train.deepspeed=null "${steps[@]}" \
         --out "$OUT/selective" --paths "${SELECTIVE_PATHS:-baseline,default,default+liger}"
     ;;
 approaches)
-    pigg params configs/seed003/lora.yaml model.name="$model" --approaches | tee "$OUT/approaches_memory.md"
-    pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/approaches" \
+    pigg params seed003/lora model.name="$model" --approaches | tee "$OUT/approaches_memory.md"
+    pigg bench global_lora "${on_data[@]}" "${steps[@]}" --out "$OUT/approaches" \
         --paths "${APPROACH_PATHS:-baseline,default,approach-qlora,approach-full}"
     ;;
 engines)
@@ -79,7 +79,7 @@ engines)
     engine() {
         local name=$1 launch=$2 out=/tmp/pigg_gpu/engines/$1
         shift 2
-        local args=(configs/global_lora.yaml model.name="$tiny" data.path="$data" data.train_users=all
+        local args=(global_lora model.name="$tiny" data.path="$data" data.train_users=all
             data.max_length=512 model.max_pixels=65536 train.output_dir="$out" train.log_dir="$OUT/engine_logs"
             train.save_steps=2 train.logging_steps=1 train.learning_rate=1e-3 train.report_to=[] "$@")
         echo "=== $name: $*"
@@ -94,8 +94,8 @@ engines)
     }
     {
         engine fsdp "--nproc 1" train.method=full train.parallel=fsdp
-        engine zero2 "--nproc 1" train.method=full train.parallel=deepspeed train.deepspeed=configs/deepspeed/zero2.json
-        engine zero3 "--nproc 1" train.method=full train.parallel=deepspeed train.deepspeed=configs/deepspeed/zero3.json
+        engine zero2 "--nproc 1" train.method=full train.parallel=deepspeed train.deepspeed=zero2
+        engine zero3 "--nproc 1" train.method=full train.parallel=deepspeed train.deepspeed=zero3
         engine qlora "--nproc 1" model.quantization=nf4
         engine liger "--nproc 1" train.liger_kernel=true
         engine model-parallel "" train.method=full train.parallel=model
@@ -103,14 +103,14 @@ engines)
     grep -E "^=== .*: (OK|FAILED)$" "$OUT/engines.txt"
     ;;
 logits)
-    pigg bench configs/global_lora.yaml "${on_data[@]}" "${steps[@]}" --out "$OUT/logits" \
+    pigg bench global_lora "${on_data[@]}" "${steps[@]}" --out "$OUT/logits" \
         --paths "${LOGITS_PATHS:-baseline,default,default-full-logits,default+chunked-loss}"
     # each micro-batch in a process of its own: an out-of-memory ends that one, and the next logits mode
     # starts over
     for logits in labelled all; do
         for micro in ${MICRO_BATCHES:-8 16 32 64}; do
             echo "## train.logits=$logits, micro-batch $micro, no checkpointing" >>"$OUT/micro_batch.md"
-            if ! pigg plan configs/global_lora.yaml "${on_data[@]}" train.batch_size="$micro" train.grad_accum=1 \
+            if ! pigg plan global_lora "${on_data[@]}" train.batch_size="$micro" train.grad_accum=1 \
                 train.gradient_checkpointing=false train.logits="$logits" --warmup 1 --steps 2 \
                 >>"$OUT/micro_batch.md" 2>>"$OUT/micro_batch_errors.txt"; then
                 echo "does not fit (see micro_batch_errors.txt)" >>"$OUT/micro_batch.md"
@@ -123,7 +123,7 @@ text)
     text_model=/tmp/pigg_gpu/qwen2.5-7b-instruct-random news=/tmp/pigg_gpu/news.jsonl
     [ -d "$text_model" ] || pigg model random "${TEXT_SOURCE:-.gpu/qwen2.5-7b-instruct}" "$text_model" --device "${DEVICE:-cuda}"
     [ -f "$news" ] || pigg data synth-news "$news" --count 2000
-    pigg bench configs/seed004_agnews_full.yaml model.name="$text_model" data.path="$news" data.eval_path=null \
+    pigg bench seed004_agnews_full model.name="$text_model" data.path="$news" data.eval_path=null \
         ${EXTRA:-} "${steps[@]}" --out "$OUT/text" --paths "${TEXT_PATHS:-baseline,default,default+packing}"
     ;;
 serve)

@@ -23,13 +23,85 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and generate data.")
 model_app = typer.Typer(no_args_is_help=True, help="Build embedded tiny models.")
+recipes_app = typer.Typer(help="The recipes shipped with pigg: list them, copy one to edit.")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
+app.add_typer(recipes_app, name="recipes")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from pigg.environment import pigg_version
+
+        print(f"pigg {pigg_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print pigg's version and exit"
+        ),
+    ] = False,
+):
+    """Fine-tune vision-language models into GUI agents."""
+
+
+@app.command("env")
+def environment(as_json: Annotated[bool, typer.Option("--json", help="print it as JSON")] = False):
+    """What this installation runs: pigg, Python, torch and its CUDA/ROCm build, the libraries pigg
+    trains with, GPUs with memory, thread settings. Paste it into a bug report."""
+    from pigg.environment import collect, describe
+
+    report = collect()
+    print(json.dumps(report, indent=2) if as_json else describe(report))
+
+
+@recipes_app.callback(invoke_without_command=True)
+def recipes_list(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="print them as JSON")] = False
+):
+    """List the shipped recipes (name, model, how it trains, summary) and launch configs; every command
+    that takes a CONFIG takes a recipe's name."""
+    if ctx.invoked_subcommand:
+        return
+    from dataclasses import asdict
+
+    from pigg.recipes import RECIPES, describe, launch_config_paths, recipe_paths
+
+    infos = [describe(p) for p in recipe_paths()]
+    launch = [p.relative_to(RECIPES).as_posix() for p in launch_config_paths()]
+    if as_json:
+        print(json.dumps({"recipes": [asdict(i) for i in infos], "launch_configs": launch}, indent=2))
+        return
+    rows = [("recipe", "model", "method", "about"), *((i.name, i.model, i.method, i.about) for i in infos)]
+    widths = [max(len(r[k]) for r in rows) for k in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    print(f"\nlaunch configs (accelerate launch --config_file, train.deepspeed): {', '.join(launch)}")
+    print("`pigg train NAME` trains one as shipped; `pigg recipes copy NAME [DEST]` writes a copy to edit")
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: Annotated[str, typer.Argument(help="a recipe or launch config, e.g. global_lora, accelerate/fsdp")],
+    dest: Annotated[Path, typer.Argument(help="a file, or a folder to copy it into (made if need be)")] = Path("."),
+):
+    """Write an editable copy of a shipped recipe or launch config; never overwrites."""
+    from pigg.recipes import copy
+
+    for path in copy(name, dest):
+        print(path)
+
 
 UserOpt = Annotated[int | None, typer.Option("--user", help="apply this user's adapter from RUN/users/ID")]
 EvalDataOpt = Annotated[str | None, typer.Option(help="data folder or .jsonl (default: the run's data.path)")]
 EvalUsersOpt = Annotated[str | None, typer.Option(help="user ids, e.g. 1-10 (default: the run's test users)")]
-ConfigArg = Annotated[Path, typer.Argument(help="recipe YAML, e.g. configs/global_lora.yaml")]
+ConfigArg = Annotated[
+    str, typer.Argument(help="a recipe's name (`pigg recipes`: global_lora, seed003/qlora) or a YAML file")
+]
 Overrides = Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")]
 
 
@@ -636,6 +708,9 @@ def serve(
         return
     if engine != "pigg":
         raise PiggError(f"--engine {engine}: pigg or vllm")
+    from pigg.extras import require
+
+    require("serve", "pigg serve")
     from pigg.serve.app import ServeSettings
     from pigg.serve.server import serve as run_server
 
@@ -665,6 +740,9 @@ def bench_serve(
     """Load-test `pigg serve` on localhost: the same requests one at a time (max batch 1, one client),
     then from concurrent clients with batching; every batched answer must equal its one-at-a-time answer.
     Reports requests/s and p50/p95 latency of both."""
+    from pigg.extras import require
+
+    require("serve", "pigg bench-serve")
     from pigg.serve.bench import run_bench
 
     agents = [u.strip() for u in users.split(",")] if users else None
@@ -677,17 +755,22 @@ def demo(
         str, typer.Argument(help="grounding (GUI clicks, the default) or text (seed 004's classification)")
     ] = "grounding",
     out: Annotated[Path | None, typer.Option(help="folder for the demo's data, model, runs and logs")] = None,
-    users: int = 12,
-    per_user: int = 80,
+    users: Annotated[int, typer.Option(help="grounding: synthetic users")] = 12,
+    per_user: Annotated[int, typer.Option(help="grounding: screens per training user")] = 80,
+    articles: Annotated[int, typer.Option(help="text: training articles (a sixth as many held out)")] = 2400,
+    steps: Annotated[
+        int | None, typer.Option(help="training steps of the global / text run (default: the recipe's)")
+    ] = None,
 ):
     """The embedded demos. grounding: synthetic users, a tiny Qwen3-VL, global training, evaluation,
     personalization. text: synthetic news, a tiny Qwen2.5, full fine-tuning, base vs tuned classification."""
     from pigg.demo import run_demo, run_text_demo
 
+    overrides = [f"train.max_steps={steps}"] if steps else []
     if kind == "text":
-        print(run_text_demo(out or Path("demo_text_out")))
+        print(run_text_demo(out or Path("demo_text_out"), articles, max(40, articles // 6), overrides))
     elif kind == "grounding":
-        print(run_demo(out or Path("demo_out"), users=users, per_user=per_user))
+        print(run_demo(out or Path("demo_out"), users=users, per_user=per_user, overrides=overrides))
     else:
         raise PiggError(f"pigg demo {kind}: there are two demos, grounding and text")
 

@@ -200,7 +200,7 @@ class TrainSection(_Section):
     # train.deepspeed (CUDA); model: one process, the layers spread over the visible GPUs (seed 003's MP).
     # Processes are started by `pigg train --nproc N`, torchrun or accelerate launch.
     parallel: Literal["ddp", "fsdp", "deepspeed", "model"] = "ddp"
-    # DeepSpeed config JSON (configs/deepspeed/zero2.json or zero3.json), with train.parallel=deepspeed.
+    # DeepSpeed config: pigg's zero2 or zero3 (`pigg recipes`), or a JSON file; with train.parallel=deepspeed.
     deepspeed: str | None = None
     # train.parallel=model: the most each GPU may hold ("70GiB"); default: what each GPU has free.
     max_memory_per_gpu: str | None = None
@@ -233,7 +233,7 @@ class TrainSection(_Section):
             )
         if self.parallel == "deepspeed" and self.deepspeed is None:
             raise ValueError(
-                "train.parallel=deepspeed needs train.deepspeed: configs/deepspeed/zero2.json or zero3.json"
+                "train.parallel=deepspeed needs train.deepspeed: pigg's zero2 or zero3, or a DeepSpeed JSON file"
             )
         if self.logits == "chunked" and self.parallel in ("fsdp", "deepspeed"):
             raise ValueError(
@@ -502,10 +502,11 @@ def build_config(
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML recipe, apply `key=value` overrides, validate; relative data/model paths stay as written."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    """Read a YAML recipe (a file, or the name of a shipped one: `pigg recipes`), apply `key=value`
+    overrides, validate; relative data/model paths stay as written."""
+    from pigg.recipes import resolve_config
+
+    path = resolve_config(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

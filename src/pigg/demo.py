@@ -13,14 +13,21 @@ import time
 from pathlib import Path
 
 from pigg.config import load_config, parse_users
+from pigg.recipes import RECIPES
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-DEMO_CONFIG = CONFIGS / "demo_global.yaml"
-TEXT_DEMO_CONFIG = CONFIGS / "demo_text.yaml"
+DEMO_CONFIG = RECIPES / "demo_global.yaml"
+TEXT_DEMO_CONFIG = RECIPES / "demo_text.yaml"
 
 
-def run_demo(out: Path, users: int = 12, per_user: int = 80, held_out_screens: int = 400) -> Path:
-    """Run every step (skipping data and model already built in `out`); returns the summary JSON's path."""
+def run_demo(
+    out: Path,
+    users: int = 12,
+    per_user: int = 80,
+    held_out_screens: int = 400,
+    overrides: list[str] | None = None,
+) -> Path:
+    """Run every step (skipping data and model already built in `out`); returns the summary JSON's path.
+    `overrides` go on top of the demo_global recipe."""
     import torch
 
     from pigg.data.synthetic import synthesize
@@ -52,6 +59,7 @@ def run_demo(out: Path, users: int = 12, per_user: int = 80, held_out_screens: i
         f"train.log_dir={out / 'logs'}",
         f"train.output_dir={run_dir}",
         f"data.image_cache={out / 'image_cache'}",  # everything the demo writes stays in its folder
+        *(overrides or []),
     ]
     print("[3/5] training the global agent")
     summary = train(load_config(DEMO_CONFIG, overrides)).summary
@@ -94,7 +102,7 @@ def run_text_demo(
     """Seed 004 in miniature: synthetic news, a tiny Qwen2.5, full fine-tuning, base vs tuned by
     generation (and by likelihood), data plots; returns the summary JSON's path (`base` and `tuned` with
     `accuracy` and `macro_f1`, and the tuned model's `items_per_second`). `overrides` go on top of
-    configs/demo_text.yaml."""
+    the demo_text recipe."""
     import torch
 
     from pigg.classification.evaluate import classify_config, run_classify_eval

@@ -19,8 +19,10 @@ from pigg.data.sample import Sample
 from pigg.data.sources import ReadResult, read_samples
 from pigg.data.validate import enforce, validate
 from pigg.errors import ConfigError, DataError
+from pigg.extras import EXTRAS, installed, require
 from pigg.models.families import Family
 from pigg.models.loading import load_processor, resolve_family
+from pigg.recipes import deepspeed_config
 
 RUN_SUMMARY = "pigg_run.json"
 RUN_CONFIG = "pigg_config.yaml"
@@ -208,13 +210,13 @@ def check_approach(cfg: ExperimentConfig, cuda: bool) -> None:
             "(accelerate) would quietly run DDP instead, so pigg refuses. Use train.parallel=ddp here"
         )
     if parallel == "deepspeed":
-        if not Path(cfg.train.deepspeed).is_file():
-            raise ConfigError(f"train.deepspeed: {cfg.train.deepspeed} does not exist")
+        deepspeed_config(cfg.train.deepspeed)  # exists, or names pigg's zero2 / zero3
         if not cuda:
             raise ConfigError(
                 f"train.deepspeed={cfg.train.deepspeed} needs a CUDA GPU, and none is visible; run on a GPU "
                 "machine (`pigg train CONFIG --nproc N`), or set train.parallel=ddp to train without it"
             )
+        require("deepspeed", "train.parallel=deepspeed")
     if parallel == "model":
         if world > 1:
             raise ConfigError(
@@ -227,10 +229,7 @@ def check_approach(cfg: ExperimentConfig, cuda: bool) -> None:
                 "use train.parallel=ddp on CPU"
             )
     if cfg.model.quantization:
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError("model.quantization=nf4 (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+        require("qlora", "model.quantization=nf4 (QLoRA)")
         if parallel in ("fsdp", "deepspeed"):
             raise ConfigError(
                 f"model.quantization=nf4 with train.parallel={parallel} is not supported; QLoRA runs "
@@ -307,11 +306,9 @@ def _fsdp_arguments(cfg: ExperimentConfig, model, family: Family) -> dict:
 def attention(setting: str | None, cuda: bool) -> str | None:
     """What `model.attn_implementation` asks transformers for: `auto` is flash_attention_2 where it can
     run (CUDA and flash-attn installed) and transformers' default otherwise."""
-    import importlib.util
-
     if setting != "auto":
         return setting
-    return "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") is not None else None
+    return "flash_attention_2" if cuda and installed("flash_attn") else None
 
 
 def _checkpointing(cfg: ExperimentConfig, cuda: bool) -> bool:
@@ -322,20 +319,16 @@ def _checkpointing(cfg: ExperimentConfig, cuda: bool) -> bool:
 def liger_enabled(setting: str | bool, cuda: bool) -> bool:
     """Whether to apply Liger's kernels: `auto` uses them where they can run (CUDA, package installed);
     asking for them where they cannot is an error rather than a silent fallback."""
-    import importlib.util
-
     if setting is False:
         return False
-    installed = importlib.util.find_spec("liger_kernel") is not None
     if setting == "auto":
-        return cuda and installed
+        return cuda and all(installed(m) for m in EXTRAS["liger"])
     if not cuda:
         raise ConfigError(
             "train.liger_kernel=true needs a CUDA GPU (Liger's kernels are written in Triton, which has no "
             "CPU backend); use train.liger_kernel=auto"
         )
-    if not installed:
-        raise ConfigError("train.liger_kernel=true: liger-kernel is not installed (pip install liger-kernel)")
+    require("liger", "train.liger_kernel=true")
     return True
 
 
@@ -395,7 +388,7 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         save_total_limit=cfg.train.save_total_limit,
         eval_strategy="steps" if data.eval else "no",
         eval_steps=(cfg.train.eval_steps or cfg.train.save_steps) if data.eval else None,
-        deepspeed=cfg.train.deepspeed,
+        deepspeed=str(deepspeed_config(cfg.train.deepspeed)) if cfg.train.deepspeed else None,
         # Every trained parameter gets a gradient at every step (text-only batches of a vision-language
         # model run the vision tower on a filler image: Renderer.vision_filler), so DDP need not search
         # the graph for unused ones.

@@ -54,10 +54,36 @@ class IgnoreStopSignals:
             self.then(worker_id)
 
 
-def _workers_ignore_stop_signals(loader):
+class ForkAfterFeedersEnd:
+    """Stands in for a DataLoader's `_get_iterator`: before the next pass forks its workers, wait for the
+    previous pass's queue feeder threads to end.
+
+    A DataLoader that is not persistent forks new workers on every pass, right after the last pass shut
+    its queues, whose feeder threads are then still exiting. CPython 3.11 can deadlock the forked child
+    when another thread is exiting at the moment of fork: the child waits forever in
+    `_PyThreadState_DeleteExcept` for the thread-state lock the exiting thread held (seen here: a rank's
+    new worker hung at fork in the second epoch of a resumed 2-process run, gdb on the child).
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.queues: list = []  # the index queues of the last pass, fed by threads of this process
+
+    def __call__(self):
+        for queue in self.queues:
+            feeder = getattr(queue, "_thread", None)
+            if feeder is not None and getattr(queue, "_closed", False):
+                feeder.join(timeout=30)
+        iterator = type(self.loader)._get_iterator(self.loader)
+        self.queues = list(getattr(iterator, "_index_queues", ()))
+        return iterator
+
+
+def _prepare_workers(loader):
     base = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
     if not isinstance(base.worker_init_fn, IgnoreStopSignals):  # eval loaders may be reused
         base.worker_init_fn = IgnoreStopSignals(base.worker_init_fn)
+        base._get_iterator = ForkAfterFeedersEnd(base)
     return loader
 
 
@@ -131,12 +157,12 @@ class PiggTrainer(Trainer):
         size = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedSampler(size, lengths=self.sample_lengths)
 
-    # -- DataLoader workers that outlive a stop signal --------------------------------------------------
+    # -- DataLoader workers that outlive a stop signal and fork safely ---------------------------------
     def get_train_dataloader(self):
-        return _workers_ignore_stop_signals(super().get_train_dataloader())
+        return _prepare_workers(super().get_train_dataloader())
 
     def get_eval_dataloader(self, eval_dataset=None):
-        return _workers_ignore_stop_signals(super().get_eval_dataloader(eval_dataset))
+        return _prepare_workers(super().get_eval_dataloader(eval_dataset))
 
     # -- checkpoints: written to RUN/.partial/checkpoint-N, renamed when complete ----------------------
     def _get_output_dir(self, trial) -> str:
