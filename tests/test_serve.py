@@ -105,8 +105,12 @@ def test_users_get_their_own_answers_and_batches_equal_one_at_a_time(engine, scr
         assert len({job.size for job in batch}) > 1  # the batch really mixes screenshot sizes
     answers = {adapter: [a.raw for a in engine.run(batch)] for adapter, batch in jobs.items()}
     assert answers["1"] != answers[GLOBAL] or answers["2"] != answers[GLOBAL]
-    with pytest.raises(ValueError, match="one adapter"):
-        engine.run([jobs["1"][0], jobs["2"][0]])
+    engine.mixed = False  # the per-adapter mode never mixes them
+    try:
+        with pytest.raises(ValueError, match="one adapter"):
+            engine.run([jobs["1"][0], jobs["2"][0]])
+    finally:
+        engine.mixed = True
 
 
 def test_concurrent_requests_are_batched_per_adapter_with_unchanged_answers(served_run, screens):
@@ -224,7 +228,15 @@ def test_openai_chat_completions_serves_global_and_user_models(engine, screens):
         for body, status, words in [
             ({"model": "user-7", "messages": [message]}, 404, "no adapter for user '7'"),
             ({"model": "gpt-4o", "messages": [message]}, 404, "not served"),
-            ({"model": "global", "messages": [message], "stream": True}, 400, "stream"),
+            ({"model": "global", "messages": [message], "stop": ["\n"]}, 400, "stop is not supported"),
+            ({"model": "global", "messages": [message], "logprobs": True}, 400, "logprobs is not supported"),
+            (
+                {"model": "global", "messages": [message], "stream_options": {"include_usage": True}},
+                400,
+                "stream_options",
+            ),
+            ({"model": "global", "messages": [message], "temperature": 3}, 422, "temperature"),
+            ({"model": "global", "messages": [message], "n": 9}, 422, "n"),
             ({"model": "global", "messages": []}, 422, "messages"),
             ({"model": "global", "messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
             (
@@ -389,3 +401,135 @@ def test_the_page_draws_the_click_in_a_real_headless_chromium(served_run, screen
     assert expected["answer"] in shown[2] and "user 1" in shown[2]
     assert pixel[0] > 200 and pixel[1] < 60 and pixel[2] < 60  # the red cross is drawn at the click
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def _jobs(screens, adapters: list[str], **options) -> list[Job]:
+    jobs = []
+    for (data, text, _), adapter in zip(screens, adapters, strict=False):
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        jobs.append(Job(adapter, click_messages(image, text), 32, image.size, **options))
+    return jobs
+
+
+def test_a_batch_mixing_users_answers_each_row_as_its_adapter_alone(served_run, engine, screens):
+    """One generate for global and both users' rows (peft's adapter_names) gives every row the answer it
+    gets alone; with one adapter slot the batch is cut into runs that fit, answers unchanged."""
+    adapters = [GLOBAL, "1", "2", "1", GLOBAL, "2", "2", GLOBAL, "1", "1"]
+    jobs = _jobs(screens, adapters)
+    alone = [engine.run([job])[0].raw for job in jobs]
+    before = dict(engine.stats.batch_sizes)
+    assert [a.raw for a in engine.run(jobs)] == alone
+    assert engine.stats.batch_sizes.get(10, 0) == before.get(10, 0) + 1  # one batch of all ten
+    # the users' rows answered differently from the global model on the same screens
+    assert [a.raw for a in engine.run(_jobs(screens, ["1"] * 10))] != [
+        a.raw for a in engine.run(_jobs(screens, [GLOBAL] * 10))
+    ]
+    small = ServeEngine(served_run, adapters_in_memory=1)
+    assert [a.raw for a in small.run(jobs)] == alone
+    assert small.stats.batches == 5  # g 1 | 2 | 1 g | 2 2 g | 1 1: each run holds one user at most
+
+
+def test_a_cancelled_row_stops_and_the_others_are_unchanged(engine, screens):
+    jobs = _jobs(screens, [GLOBAL, "1", "2"])
+    alone = [engine.run([job])[0] for job in jobs]
+    jobs[1].cancelled.set()  # its client left while the batch was generating
+    answers = engine.run(jobs)
+    assert answers[1].completion_tokens == 1 and not answers[1].ended
+    assert [a.raw for i, a in enumerate(answers) if i != 1] == [alone[0].raw, alone[2].raw]
+    assert alone[1].completion_tokens > 1
+
+
+def _events(response) -> list:
+    """The data of each server-sent event; `[DONE]` as the string."""
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def _chat(data: bytes, text: str, model: str, **options) -> dict:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(data)}}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": [image, {"type": "text", "text": text}]}],
+        **options,
+    }
+
+
+def test_streaming_sends_the_answer_as_generated_and_equals_the_plain_answer(engine, screens):
+    data, text, _ = next(s for s in screens if s[2] == "habit")
+    with client_for(engine) as client:
+        for model in ("global", "user-1"):
+            plain = client.post("/v1/chat/completions", json=_chat(data, text, model)).json()
+            body = _chat(data, text, model, stream=True, stream_options={"include_usage": True})
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/event-stream")
+                events = _events(response)
+            assert events[-1] == "[DONE]"
+            chunks = events[:-1]
+            assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
+            assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:-2]]
+            assert len(pieces) > 1 and all(pieces)  # token by token, not one block
+            assert "".join(pieces) == plain["choices"][0]["message"]["content"]
+            assert chunks[-2]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+            assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+        # an error found before the first byte stays a JSON error with its status
+        response = client.post("/v1/chat/completions", json=_chat(data, text, "user-7", stream=True))
+        assert response.status_code == 404 and "no adapter" in response.json()["error"]["message"]
+
+
+def test_sampling_options_are_honoured(engine, screens):
+    data, text, _ = screens[0]
+    with client_for(engine) as client:
+
+        def answers(**options) -> list[str]:
+            response = client.post("/v1/chat/completions", json=_chat(data, text, "global", **options))
+            assert response.status_code == 200, response.text
+            return [c["message"]["content"] for c in response.json()["choices"]]
+
+        greedy = answers()
+        assert answers(n=3) == greedy * 3 and answers(temperature=0, seed=5) == greedy
+        # sampled: a seed repeats the answers; other seeds give others (temperature 2 flattens the choice)
+        sampled = answers(temperature=2.0, n=2, seed=7)
+        assert answers(temperature=2.0, n=2, seed=7) == sampled and len(sampled) == 2
+        others = {tuple(answers(temperature=2.0, seed=seed)) for seed in range(5)}
+        assert len(others | {tuple(greedy)}) > 1
+        # top_p alone samples at OpenAI's default temperature 1, as OpenAI does
+        assert answers(top_p=0.5, seed=3) == answers(top_p=0.5, seed=3)
+
+
+def test_the_official_openai_client_against_a_live_pigg_serve(served_run, engine, screens):
+    openai = pytest.importorskip("openai")
+    from pigg.serve.bench import start_server, wait_ready
+
+    data, text, _ = next(s for s in screens if s[2] == "habit")
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    expected = {
+        model: engine.run([Job(adapter, click_messages(image, text), 32, image.size)])[0].raw
+        for model, adapter in (("global", GLOBAL), ("user-1", "1"))
+    }
+    port = free_port()
+    server = start_server(served_run, port, 8, 10.0)
+    try:
+        import asyncio
+
+        asyncio.run(wait_ready(f"http://127.0.0.1:{port}", server))
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["global", "user-1", "user-2"]
+        for model, answer in expected.items():
+            messages = _chat(data, text, model)["messages"]
+            reply = client.chat.completions.create(model=model, messages=messages, max_tokens=32)
+            assert reply.choices[0].message.content == answer and reply.choices[0].finish_reason == "stop"
+            stream = client.chat.completions.create(model=model, messages=messages, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer
+        with pytest.raises(openai.NotFoundError, match="no adapter for user '7'"):
+            client.chat.completions.create(model="user-7", messages=messages)
+        with pytest.raises(openai.BadRequestError, match="stop is not supported"):
+            client.chat.completions.create(model="global", messages=messages, stop=["\n"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

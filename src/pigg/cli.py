@@ -87,7 +87,9 @@ def recipes_list(
 @recipes_app.command("copy")
 def recipes_copy(
     name: Annotated[str, typer.Argument(help="a recipe or launch config, e.g. global_lora, accelerate/fsdp")],
-    dest: Annotated[Path, typer.Argument(help="a file, or a folder to copy it into (made if need be)")] = Path("."),
+    dest: Annotated[
+        Path, typer.Argument(help="a file, or a folder to copy it into (made if need be)")
+    ] = Path("."),
 ):
     """Write an editable copy of a shipped recipe or launch config; never overwrites."""
     from pigg.recipes import copy
@@ -694,6 +696,9 @@ def serve(
         Path | None, typer.Option(help="--engine vllm on a LoRA run: its merged model (`pigg merge`)")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="--engine vllm: print the vLLM command, run nothing")] = False,
+    batching: Annotated[
+        str, typer.Option(help="mixed: users' requests share a batch (peft adapter_names); per-adapter")
+    ] = "mixed",
 ):
     """Serve the global agent and every user's adapter over HTTP: POST /v1/click, the OpenAI-compatible
     POST /v1/chat/completions, GET /health, and a page at / that draws the click."""
@@ -722,7 +727,9 @@ def serve(
         max_new_tokens=max_new_tokens,
         api_key=api_key,
     )
-    run_server(run, host, port, settings, adapters_in_memory)
+    if batching not in ("mixed", "per-adapter"):
+        raise PiggError(f"--batching {batching}: mixed or per-adapter")
+    run_server(run, host, port, settings, adapters_in_memory, mixed=batching == "mixed")
 
 
 @app.command("bench-serve")
@@ -738,8 +745,9 @@ def bench_serve(
     out: Annotated[Path | None, typer.Option(help="results JSON (default: RUN/serve_bench.json)")] = None,
 ):
     """Load-test `pigg serve` on localhost: the same requests one at a time (max batch 1, one client),
-    then from concurrent clients with batching; every batched answer must equal its one-at-a-time answer.
-    Reports requests/s and p50/p95 latency of both."""
+    then from concurrent clients to a server batching per adapter and to one mixing users in a batch;
+    every batched answer must equal its one-at-a-time answer. Reports requests/s, p50/p95 latency and
+    batches of each."""
     from pigg.extras import require
 
     require("serve", "pigg bench-serve")

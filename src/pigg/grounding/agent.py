@@ -200,15 +200,13 @@ class Agent:
         )
         return inputs.to(self.model.device)
 
-    def generate_ids(self, inputs) -> torch.Tensor:
-        """The new tokens of batched greedy generation (rows that ended early are padded)."""
+    def generate_ids(self, inputs, **options) -> torch.Tensor:
+        """The new tokens of batched generation (rows that ended early are padded): greedy unless `options`
+        say otherwise; they go to `generate` as they are (sampling, a streamer, peft's adapter_names)."""
+        settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False} | options
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=self.renderer.markers.pad,
+                **inputs, **settings, use_cache=True, pad_token_id=self.renderer.markers.pad
             )
         return out[:, inputs["input_ids"].shape[1] :]
 

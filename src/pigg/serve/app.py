@@ -8,9 +8,11 @@ failure inside generation a 500 for the requests of that batch only.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
+import json
 import secrets
 import time
 import uuid
@@ -22,12 +24,22 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 
 from pigg.serve.batcher import MicroBatcher
-from pigg.serve.engine import GLOBAL, BadUserId, Job, ServeEngine, UnknownUser, click_messages
+from pigg.serve.engine import (
+    GLOBAL,
+    GREEDY,
+    Answer,
+    BadUserId,
+    Job,
+    Sampling,
+    ServeEngine,
+    UnknownUser,
+    click_messages,
+)
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 USER_MODEL_PREFIX = "user-"  # OpenAI `model` names: "global" or "user-<id>"
@@ -71,15 +83,58 @@ class ClickRequest(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1)
 
 
+MAX_CHOICES = 8  # `n` at most
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
+    """OpenAI's chat-completions request. Sampling is honoured: greedy by default (a GUI click has one
+    right answer); `temperature` > 0, or `top_p` alone (at OpenAI's default temperature 1), samples, and
+    `seed` makes it repeatable. The options pigg cannot honour are refused by name, never ignored."""
+
     model: str = GLOBAL
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stream: bool = False
-    # accepted for compatibility; pigg decodes greedily (a GUI click has one right answer)
-    temperature: float | None = None
-    top_p: float | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    seed: int | None = None
+    # refused unless neutral: what they ask, pigg's generation does not do
+    stop: str | list[str] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+
+    def refused(self) -> str | None:
+        """The first option set that pigg cannot honour."""
+        neutral = {"stop": (None, "", []), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+                   "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+                   "tools": (None, []), "tool_choice": (None, "none", "auto")}  # fmt: skip
+        for name, values in neutral.items():
+            if getattr(self, name) not in values:
+                return name
+        if self.response_format not in (None, {"type": "text"}):
+            return "response_format"
+        if self.stream_options is not None and not self.stream:
+            return "stream_options"
+        return None
+
+    def sampling(self) -> Sampling:
+        if self.temperature is None and self.top_p is None or self.temperature == 0:
+            return GREEDY  # a seed changes nothing here: greedy answers are the same every time
+        temperature = 1.0 if self.temperature is None else self.temperature
+        return Sampling(temperature, 1.0 if self.top_p is None else self.top_p, self.seed)
 
 
 def decode_image(data: str, settings: ServeSettings, param: str) -> Image.Image:
@@ -154,6 +209,77 @@ def chat_messages_of(body: ChatRequest, settings: ServeSettings) -> list[dict]:
     if messages[-1]["role"] == "assistant":
         raise ApiError(400, "the last message must not be the assistant's: there is nothing to answer", param="messages")  # fmt: skip
     return messages
+
+
+# -- answers as OpenAI objects -----------------------------------------------------------------------------
+def finish_reason(answer: Answer) -> str:
+    return "stop" if answer.ended else "length"
+
+
+def usage(answers: list[Answer]) -> dict:
+    completion = sum(a.completion_tokens for a in answers)
+    return {"prompt_tokens": answers[0].prompt_tokens, "completion_tokens": completion,
+            "total_tokens": answers[0].prompt_tokens + completion}  # fmt: skip
+
+
+def sse(payload) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+async def stream_chat(batcher, completion: dict, adapter, messages, length, sampling, group, body):
+    """Server-sent `chat.completion.chunk` events: the role first, the text as it is generated, each
+    choice's finish_reason, usage when asked (stream_options.include_usage), then `[DONE]`. A client
+    that leaves cancels its rows: taken out of a batch not yet started, stopped in one that runs."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    jobs, futures = [], []
+    for index in range(body.n):
+
+        def on_text(delta, index=index):  # called on the generation thread
+            loop.call_soon_threadsafe(events.put_nowait, (index, "text", delta))
+
+        job = Job(adapter, messages, length, sampling=sampling, group=group, on_text=on_text)
+        future = batcher.enqueue(job)
+        future.add_done_callback(lambda f, index=index: events.put_nowait((index, "done", f)))
+        jobs.append(job)
+        futures.append(future)
+
+    def chunk(index: int | None, delta: dict | None = None, finish: str | None = None, **extra) -> str:
+        choices = [] if index is None else [{"index": index, "delta": delta or {}, "finish_reason": finish}]
+        return sse({**completion, "object": "chat.completion.chunk", "choices": choices,
+                    **({"usage": None} if include_usage else {}), **extra})  # fmt: skip
+
+    try:
+        for index in range(body.n):
+            yield chunk(index, {"role": "assistant", "content": ""})
+        streamed, answers = [""] * body.n, [None] * body.n
+        while any(a is None for a in answers):
+            index, kind, payload = await events.get()
+            if kind == "text":
+                streamed[index] += payload
+                yield chunk(index, {"content": payload})
+                continue
+            if payload.cancelled() or payload.exception() is not None:
+                failure = (
+                    "cancelled"
+                    if payload.cancelled()
+                    else f"{type(payload.exception()).__name__}: {payload.exception()}"
+                )
+                yield sse({"error": {"message": f"generation failed: {failure}", "type": "server_error", "param": None, "code": 500}})  # fmt: skip
+                return
+            answer = answers[index] = payload.result()
+            if answer.raw.startswith(streamed[index]) and answer.raw != streamed[index]:
+                yield chunk(index, {"content": answer.raw[len(streamed[index]) :]})
+            yield chunk(index, {}, finish_reason(answer))
+        if include_usage:
+            yield chunk(None, usage=usage(answers))
+        yield sse("[DONE]")
+    finally:  # the client left (or the stream ended): nothing of this request is generated further
+        for job, future in zip(jobs, futures, strict=True):
+            if not future.done():
+                job.cancelled.set()
+                future.cancel()
 
 
 # -- the app ----------------------------------------------------------------------------------------------
@@ -294,8 +420,9 @@ def create_app(engine: ServeEngine, settings: ServeSettings | None = None) -> Fa
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(body: ChatRequest):
-        if body.stream:
-            raise ApiError(400, "stream=true is not supported: answers are a few tokens", param="stream")
+        refused = body.refused()
+        if refused:
+            raise ApiError(400, f"{refused} is not supported by pigg serve; leave it out", param=refused)
         name = body.model
         if name.startswith(USER_MODEL_PREFIX):
             adapter = adapter_of(name[len(USER_MODEL_PREFIX) :])
@@ -304,21 +431,27 @@ def create_app(engine: ServeEngine, settings: ServeSettings | None = None) -> Fa
         else:
             raise ApiError(404, f"model {name!r} is not served; models: global, user-<id> (GET /v1/models)", "not_found_error", "model")  # fmt: skip
         messages = chat_messages_of(body, settings)
-        answer = await batcher.submit(Job(adapter, messages, answer_length(body.max_completion_tokens or body.max_tokens)))  # fmt: skip
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": name,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": answer.raw}, "finish_reason": "stop"}
-            ],
-            "usage": {
-                "prompt_tokens": answer.prompt_tokens,
-                "completion_tokens": answer.completion_tokens,
-                "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-            },
-        }
+        length = answer_length(body.max_completion_tokens or body.max_tokens)
+        sampling = body.sampling()
+        group = uuid.uuid4().hex if sampling.seed is not None else None
+        completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
+        if not body.stream:
+            jobs = [Job(adapter, messages, length, sampling=sampling, group=group) for _ in range(body.n)]
+            answers = await asyncio.gather(*(batcher.enqueue(job) for job in jobs))
+            choices = [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": a.raw},
+                    "finish_reason": finish_reason(a),
+                }
+                for i, a in enumerate(answers)
+            ]
+            return {**completion, "object": "chat.completion", "choices": choices, "usage": usage(answers)}
+        return StreamingResponse(
+            stream_chat(batcher, completion, adapter, messages, length, sampling, group, body),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -1,6 +1,7 @@
 """Micro-batching for `pigg serve`: requests that arrive within `max_wait_ms` of each other are generated
-together, one batch per adapter, on one worker thread (the event loop keeps accepting meanwhile, so the
-requests that arrive during a generation form the next batch)."""
+together (one batch per batch key: answer length and sampling, and adapter where batches do not mix
+them), on one worker thread (the event loop keeps accepting meanwhile, so the requests that arrive
+during a generation form the next batch)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,15 @@ class MicroBatcher:
                 await self._worker
         self._executor.shutdown(wait=True)
 
-    async def submit(self, job: Job) -> Answer:
+    def enqueue(self, job: Job) -> asyncio.Future:
+        """Queue a job; its future gets the Answer. Cancelling the future before its batch starts takes
+        the job out of it; once it runs, set `job.cancelled` to stop its row."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((job, future))
-        return await future
+        self.queue.put_nowait((job, future))
+        return future
+
+    async def submit(self, job: Job) -> Answer:
+        return await self.enqueue(job)
 
     async def _collect(self) -> list[tuple[Job, asyncio.Future]]:
         """The first waiting request, and whatever joins it within max_wait (up to max_batch)."""
@@ -63,7 +69,7 @@ class MicroBatcher:
             groups: dict[tuple, list[tuple[Job, asyncio.Future]]] = {}
             for job, future in batch:
                 if not future.cancelled():  # the client went away while waiting
-                    groups.setdefault(job.key, []).append((job, future))
+                    groups.setdefault(self.engine.batch_key(job), []).append((job, future))
             for items in groups.values():
                 jobs = [job for job, _ in items]
                 try:

@@ -1,9 +1,11 @@
-"""`pigg bench-serve`: `pigg serve` under load on localhost, one-at-a-time against batched, in one run.
+"""`pigg bench-serve`: `pigg serve` under load on localhost, one at a time against two ways of batching.
 
 The same requests (the run's held-out screens, asked of the chosen agents in turn) go first to a server
-that generates one request at a time, from one client; then to a server that batches, from `concurrency`
-clients at once. Every batched answer must equal its one-at-a-time answer; errors are counted, never
-dropped. The server is a real `pigg serve` subprocess, so the clients' work is not on its event loop.
+that generates one request at a time, from one client; then, from `concurrency` clients at once, to a
+server that batches each adapter's requests apart (`--batching per-adapter`), and to one that mixes users
+in a batch (`--batching mixed`). Every batched answer must equal its one-at-a-time answer; errors are
+counted, never dropped. Each server is a real `pigg serve` subprocess, so the clients' work is not on its
+event loop.
 """
 
 from __future__ import annotations
@@ -67,9 +69,11 @@ def bench_requests(run_dir: Path, count: int, agents: list[str] | None) -> list[
     return requests
 
 
-def start_server(run_dir: Path, port: int, max_batch: int, max_wait_ms: float) -> subprocess.Popen:
+def start_server(
+    run_dir: Path, port: int, max_batch: int, max_wait_ms: float, batching: str = "mixed"
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "pigg", "serve", str(run_dir), "--port", str(port)]
-    command += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+    command += ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--batching", batching]
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ
     )
@@ -140,15 +144,20 @@ async def drive(base: str, requests: list[dict], concurrency: int) -> dict:
     }
 
 
-def phase(run_dir: Path, requests: list[dict], concurrency: int, max_batch: int, max_wait_ms: float) -> dict:
+def phase(
+    run_dir: Path, requests: list[dict], concurrency: int, max_batch: int, max_wait_ms: float, batching: str
+) -> dict:
     from pigg.serve.server import free_port
 
     port = free_port()
-    server = start_server(run_dir, port, max_batch, max_wait_ms)
+    server = start_server(run_dir, port, max_batch, max_wait_ms, batching)
     base = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_ready(base, server))
-        print(f"  max batch {max_batch}, {concurrency} client(s): {len(requests)} requests ...", flush=True)
+        print(
+            f"  {batching}, max batch {max_batch}, {concurrency} client(s): {len(requests)} requests ...",
+            flush=True,
+        )
         return asyncio.run(drive(base, requests, concurrency))
     finally:
         server.terminate()
@@ -166,36 +175,39 @@ def run_bench(
     run_dir = Path(run_dir)
     requests = bench_requests(run_dir, count, agents)
     users = sorted({GLOBAL if r["user"] is None else str(r["user"]) for r in requests})
-    print(f"bench-serve {run_dir}: {count} click requests across agents {users}")
-    one = phase(run_dir, requests, 1, 1, 0.0)
-    batched = phase(run_dir, requests, concurrency, max_batch, max_wait_ms)
-    mismatches = [
-        i
-        for i, (a, b) in enumerate(zip(one["answers"], batched["answers"], strict=True))
-        if a is not None and a != b
-    ]
-    result = {
-        "run": str(run_dir),
-        "agents": users,
-        "one_at_a_time": {k: v for k, v in one.items() if k != "answers"},
-        "batched": {k: v for k, v in batched.items() if k != "answers"},
-        "speedup": round(batched["requests_per_s"] / one["requests_per_s"], 2),
-        "answers_differing": len(mismatches),
-        "differing_samples": [
-            {"request": i, "one_at_a_time": one["answers"][i], "batched": batched["answers"][i]}
-            for i in mismatches[:5]
-        ],
-        "threads": os.environ.get("OMP_NUM_THREADS"),
+    print(f"bench-serve {run_dir}: {count} click requests across {len(users)} agents {users}")
+    phases = {
+        "one_at_a_time": phase(run_dir, requests, 1, 1, 0.0, "per-adapter"),
+        "per_adapter": phase(run_dir, requests, concurrency, max_batch, max_wait_ms, "per-adapter"),
+        "mixed": phase(run_dir, requests, concurrency, max_batch, max_wait_ms, "mixed"),
     }
+    one = phases["one_at_a_time"]
+    result = {"run": str(run_dir), "agents": users, "threads": os.environ.get("OMP_NUM_THREADS")}
+    failed = bool(one["errors"])
+    for name, p in phases.items():
+        differing = [
+            i
+            for i, (a, b) in enumerate(zip(one["answers"], p["answers"], strict=True))
+            if a is not None and a != b
+        ]
+        failed = failed or bool(p["errors"] or differing)
+        result[name] = {k: v for k, v in p.items() if k != "answers"} | {
+            "speedup": round(p["requests_per_s"] / one["requests_per_s"], 2),
+            "answers_differing": len(differing),
+            "differing_samples": [{"request": i, "one_at_a_time": one["answers"][i], "batched": p["answers"][i]} for i in differing[:5]],
+        }  # fmt: skip
     path = Path(out) if out else run_dir / "serve_bench.json"
     path.write_text(json.dumps(result, indent=2))
-    for label, p in (("one at a time", one), (f"batched (max {max_batch})", batched)):
-        lat = p["latency_ms"]
+    print(
+        f"{'mode':>16} | requests/s | p50 ms | p95 ms | speedup | batches | mean batch | differing | errors"
+    )
+    for name, r in ((n, result[n]) for n in phases):
+        lat, batches = r["latency_ms"], r["server"]["batches"]
         print(
-            f"{label:>20}: {p['requests_per_s']:7.2f} requests/s | p50 {lat['p50']:.0f} ms | p95 {lat['p95']:.0f} ms"
-            f" | errors {p['errors']} | batches {p['server']['batches']}"
+            f"{name.replace('_', ' '):>16} | {r['requests_per_s']:10.2f} | {lat['p50']:6.0f} | {lat['p95']:6.0f} | "
+            f"{r['speedup']:6.2f}x | {batches:7d} | {r['requests'] / max(batches, 1):10.1f} | "
+            f"{r['answers_differing']:9d} | {r['errors']:6d}"
         )
-    print(f"speedup {result['speedup']}x; batched answers differing from one-at-a-time: {len(mismatches)}")
-    if one["errors"] or batched["errors"] or mismatches:
+    if failed:
         raise PiggError(f"bench-serve found errors or differing answers: see {path}")
     return path

@@ -5,8 +5,10 @@ RUN/users/<id>/). The first one wraps the loaded model in a PeftModel; later one
 least recently used is deleted when more than `adapters_in_memory` are held, so the global weights are
 loaded once and never again. The global model answers with every adapter disabled.
 
-Everything here runs on the batcher's one worker thread: a request is only ever one of a batch of
-requests for the same adapter.
+A batch may mix users (`mixed`, the default): peft's `adapter_names` gives each row its own adapter in
+one generate, the global rows as the base model ("__base__"), so many users with few requests each still
+fill batches. With `mixed=False` a batch is one adapter's requests (the `--batching per-adapter` mode that
+bench-serve compares). Everything here runs on the batcher's one worker thread.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from pigg.data.render import prompt_messages
 from pigg.data.sample import Sample
@@ -28,6 +33,7 @@ from pigg.errors import ConfigError
 from pigg.grounding.agent import ADAPTER_CONFIG, USERS_DIR, Agent, Click, resolve_model
 
 GLOBAL = "global"
+BASE_ROW = "__base__"  # peft's name, in adapter_names, for a row that runs without any adapter
 # a user id as a folder name under RUN/users: no separators, no dots, so never a path outside it
 USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -40,19 +46,36 @@ class BadUserId(ValueError):
     """A user id that cannot name a folder under RUN/users (HTTP 400)."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class Sampling:
+    """How a request's tokens are chosen: greedy (the default: a click has one right answer) or sampled."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None  # sampled rows of one seeded request are generated alone, after seeding
+
+    def generate_options(self) -> dict:
+        if self.temperature == 0:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+
+
+GREEDY = Sampling()
+
+
+@dataclass(eq=False)
 class Job:
-    """One request for the engine: a prompt (pigg chat messages, images as PIL) and whose adapter."""
+    """One answer to generate: a prompt (pigg chat messages, images as PIL), whose adapter, how long and
+    how it is sampled; optionally a callback for the answer's text as it is produced (streaming)."""
 
     adapter: str  # GLOBAL or a user id
     messages: list[dict]
     max_new_tokens: int
     size: tuple[int, int] | None = None  # the screenshot's own size, for reading a click
-
-    @property
-    def key(self) -> tuple[str, int]:
-        """Jobs with the same key are generated together."""
-        return self.adapter, self.max_new_tokens
+    sampling: Sampling = GREEDY
+    group: str | None = None  # a seeded request's id: its rows form a batch of their own
+    on_text: Callable[[str], None] | None = None  # called from the generation thread with each new piece
+    cancelled: threading.Event = field(default_factory=threading.Event)  # the client left: stop its row
 
     @property
     def images(self) -> list[Image.Image]:
@@ -70,6 +93,50 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     click: Click | None = None
+    ended: bool = True  # the answer ended by itself (finish_reason "stop"), not at max_new_tokens ("length")
+
+
+class RowStreamer(BaseStreamer):
+    """Hands each row of a batched generate its new text as the tokens come (generate calls `put` with
+    the prompt first, then with one token per row per step)."""
+
+    def __init__(self, tokenizer, jobs: list[Job], ends: set[int]):
+        self.tokenizer, self.jobs, self.ends = tokenizer, jobs, ends
+        self.prompt_seen = False
+        self.ids: list[list[int]] = [[] for _ in jobs]
+        self.sent = [""] * len(jobs)
+        self.done = [job.on_text is None for job in jobs]
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[row]:
+                continue
+            if token in self.ends:
+                self.done[row] = True
+                continue
+            self.ids[row].append(token)
+            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            # a character still incomplete (bytes of it to come) waits for its next token
+            if text.endswith("\ufffd") or not text.startswith(self.sent[row]) or text == self.sent[row]:
+                continue
+            delta, self.sent[row] = text[len(self.sent[row]) :], text
+            self.jobs[row].on_text(delta)
+
+    def end(self) -> None:
+        pass
+
+
+class CancelledRows(StoppingCriteria):
+    """A row whose client went away stops at the next step; when every row has stopped, so does generate."""
+
+    def __init__(self, jobs: list[Job]):
+        self.jobs = jobs
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.tensor([job.cancelled.is_set() for job in self.jobs], device=input_ids.device)
 
 
 @dataclass
@@ -94,10 +161,16 @@ def click_messages(image: Image.Image, instruction: str) -> list[dict]:
 
 class ServeEngine:
     def __init__(
-        self, run_dir: str | Path, adapters_in_memory: int = 8, max_new_tokens: int = 32, dtype=None
+        self,
+        run_dir: str | Path,
+        adapters_in_memory: int = 8,
+        max_new_tokens: int = 32,
+        dtype=None,
+        mixed: bool = True,
     ):
         if adapters_in_memory < 1:
             raise ConfigError("--adapters-in-memory must be at least 1")
+        self.mixed = mixed
         self.run_dir = Path(run_dir)
         ref = resolve_model(str(self.run_dir))
         if ref.run_dir is None:
@@ -161,35 +234,86 @@ class ServeEngine:
         return contextlib.nullcontext()
 
     # -- generation -----------------------------------------------------------------------------------
+    def batch_key(self, job: Job) -> tuple:
+        """Jobs with the same key can be generated together: one answer length and sampling (and one
+        adapter, unless batches mix them)."""
+        key = (job.max_new_tokens, job.sampling, job.group)
+        return key if self.mixed else (job.adapter, *key)
+
     def run(self, jobs: list[Job]) -> list[Answer]:
-        """Answers for jobs that share a key, generated as one batch (greedy, left-padded)."""
-        if len({job.key for job in jobs}) != 1:
-            raise ValueError("a batch must be one adapter and one max_new_tokens")
+        """Answers for jobs that share a batch key, generated together (left-padded), in order."""
+        if len({self.batch_key(job) for job in jobs}) != 1:
+            raise ValueError(
+                "a batch must share one answer length and sampling"
+                + ("" if self.mixed else " and one adapter")
+            )
+        return [answer for chunk in self._fitting(jobs) for answer in self._generate(chunk)]
+
+    def _fitting(self, jobs: list[Job]) -> Iterator[list[Job]]:
+        """The jobs in order, in runs of at most `adapters_in_memory` users, so every adapter a batch
+        needs is loaded at once."""
+        chunk: list[Job] = []
+        users: set[str] = set()
+        for job in jobs:
+            more = users | ({job.adapter} - {GLOBAL})
+            if len(more) > self.capacity:
+                yield chunk
+                chunk, more = [], {job.adapter} - {GLOBAL}
+            chunk.append(job)
+            users = more
+        if chunk:
+            yield chunk
+
+    def _generate(self, jobs: list[Job]) -> list[Answer]:
         agent = self.agent
+        adapters = {job.adapter for job in jobs}
+        tokenizer = agent.processor.tokenizer
+        options = {"max_new_tokens": jobs[0].max_new_tokens, **jobs[0].sampling.generate_options()}
         with self._lock:
             began = time.perf_counter()
-            with self._using(jobs[0].adapter):
+            if len(adapters) == 1:
+                using = self._using(jobs[0].adapter)
+            else:  # one generate, each row with its own adapter
+                for user in sorted(adapters - {GLOBAL}):
+                    self._ensure_loaded(user)
+                options["adapter_names"] = [
+                    BASE_ROW if job.adapter == GLOBAL else job.adapter for job in jobs
+                ]
+                using = contextlib.nullcontext()
+            with using:
                 prompts = [prompt_messages(agent.renderer.messages(Sample(job.messages))) for job in jobs]
                 inputs = agent.prompt_inputs(prompts, [job.images for job in jobs])
-                agent.max_new_tokens = jobs[0].max_new_tokens
-                new = agent.generate_ids(inputs)
+                if any(job.on_text for job in jobs):
+                    options["streamer"] = RowStreamer(tokenizer, jobs, self._end_tokens())
+                if jobs[0].sampling.seed is not None:
+                    torch.manual_seed(jobs[0].sampling.seed)
+                new = agent.generate_ids(
+                    inputs, stopping_criteria=StoppingCriteriaList([CancelledRows(jobs)]), **options
+                )
             self._count(len(jobs), time.perf_counter() - began)
-        texts = agent.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         answers = []
         for job, text, ids, used in zip(jobs, texts, new, prompt_tokens, strict=True):
             click = agent.read_click(text, job.size) if job.size is not None else None
-            answers.append(Answer(text, int(used), self._completion_tokens(ids), click))
+            tokens, ended = self._completion_tokens(ids)
+            if job.cancelled.is_set():  # stopped for its client, not by itself: the padding is no end
+                tokens, ended = tokens - ended, False
+            answers.append(Answer(text, int(used), tokens, click, ended))
         return answers
 
-    def _completion_tokens(self, ids: torch.Tensor) -> int:
-        """Generated tokens up to and including the first end token (rows that ended early are padded)."""
+    def _end_tokens(self) -> set[int]:
         markers = self.agent.renderer.markers
-        ends = {markers.pad, markers.turn_end, self.agent.processor.tokenizer.eos_token_id}
+        return {markers.pad, markers.turn_end, self.agent.processor.tokenizer.eos_token_id}
+
+    def _completion_tokens(self, ids: torch.Tensor) -> tuple[int, bool]:
+        """Generated tokens up to and including the first end token (rows that ended early are padded),
+        and whether there was one."""
+        ends = self._end_tokens()
         for i, token in enumerate(ids.tolist()):
             if token in ends:
-                return i + 1
-        return len(ids)
+                return i + 1, True
+        return len(ids), False
 
     def _count(self, size: int, seconds: float) -> None:
         s = self.stats

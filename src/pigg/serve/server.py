@@ -34,20 +34,21 @@ def check_exposure(host: str, api_key: str | None) -> None:
         )
 
 
-def serve(run_dir, host: str, port: int, settings, adapters_in_memory: int) -> None:
+def serve(run_dir, host: str, port: int, settings, adapters_in_memory: int, mixed: bool = True) -> None:
     import uvicorn
 
     from pigg.serve.app import create_app
     from pigg.serve.engine import ServeEngine
 
     check_exposure(host, settings.api_key)
-    engine = ServeEngine(run_dir, adapters_in_memory, settings.max_new_tokens)
+    engine = ServeEngine(run_dir, adapters_in_memory, settings.max_new_tokens, mixed=mixed)
     app = create_app(engine, settings)
     users = engine.users()
     print(
         f"serving {run_dir}: the global agent and {len(users)} user adapter(s) "
         f"({', '.join(users) or 'none yet'}) on http://{host}:{port}/ "
-        f"(batches of up to {settings.max_batch}, {settings.max_wait_ms:g} ms wait)",
+        f"(batches of up to {settings.max_batch}, {settings.max_wait_ms:g} ms wait, "
+        f"{'users mixed in a batch' if mixed else 'one adapter a batch'})",
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
@@ -132,7 +133,7 @@ def run_vllm(command: list[str], api_key: str | None) -> None:
 
     if shutil.which(command[0]) is None:
         raise ConfigError(
-            "vLLM is not installed here (`pip install vllm` on a CUDA machine); the command it would run:\n  "
+            "vLLM is not installed here (pip install 'pigg[vllm]' on a CUDA machine); the command it would run:\n  "
             + " ".join(command)
         )
     if api_key:
