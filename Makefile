@@ -58,9 +58,11 @@ slurm: setup
 	  echo "slurm-wlm or munge not installed: the SLURM tests will skip"
 	$(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
-# the readers' property-based fuzzing at length (2,000 examples a property instead of test's 40)
+# the readers' and the serving API's property-based fuzzing at length (2,000 examples a property instead
+# of test's 40; the API's against a live pigg serve)
 fuzz: setup
-	$(BIN)/python -m pytest -q tests/test_fuzz_data.py --hypothesis-profile=fuzz --hypothesis-show-statistics
+	$(BIN)/python -m pytest -q tests/test_fuzz_data.py tests/test_serve.py -k fuzz --hypothesis-profile=fuzz \
+	  --hypothesis-show-statistics
 
 # the stop tests (signals, Ctrl-C, time limit, SLURM script) and the distributed ones, SOAK times in a row
 # each; `make soak HOG=1` runs them beside a busy loop on every core, as a loaded machine would

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pigg.data.sample import resolve_image_path
@@ -59,8 +61,30 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def client_for(engine, **settings) -> TestClient:
-    return TestClient(create_app(engine, ServeSettings(**settings)))
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a few dozen bytes whose header claims `width` x `height` pixels (its data is empty): a
+    decompression bomb's shape, for checks that must happen before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def client_for(engine, raise_server_exceptions: bool = True, **settings) -> TestClient:
+    # raise_server_exceptions=False: a 5xx comes back as the server answers it (Starlette re-raises a
+    # handled server error for the server's own log, and TestClient would raise it in the test)
+    return TestClient(
+        create_app(engine, ServeSettings(**settings)), raise_server_exceptions=raise_server_exceptions
+    )
 
 
 def test_click_answers_as_pigg_predict_for_global_and_each_user(served_run, engine, screens, tmp_path):
@@ -154,8 +178,13 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong_and_the_server_keeps_ser
         ({"image": "https://example.com/a.png", "instruction": text}, 400, "fetches no URL"),
         (
             {"image": b64(big.getvalue()), "instruction": text},
-            413,
+            400,
             "2100x2000 = 4,200,000 pixels, over the 4,000,000-pixel limit",
+        ),
+        (
+            {"image": b64(png_claiming(20000, 20000)), "instruction": text},
+            400,
+            "20000x20000 = 400,000,000 pixels, over the 4,000,000-pixel limit",
         ),
         ({"image": b64(data), "instruction": "x" * 501}, 400, "over the 500 limit"),
         ({"image": b64(data), "instruction": text, "user": 9}, 404, "no adapter for user '9'"),
@@ -502,34 +531,252 @@ def test_sampling_options_are_honoured(engine, screens):
         assert answers(top_p=0.5, seed=3) == answers(top_p=0.5, seed=3)
 
 
-def test_the_official_openai_client_against_a_live_pigg_serve(served_run, engine, screens):
-    openai = pytest.importorskip("openai")
-    from pigg.serve.bench import start_server, wait_ready
+@pytest.fixture(scope="module")
+def live(served_run):
+    """A real `pigg serve` process on the served run (2 MiB screenshots at most); its base URL."""
+    import asyncio
 
+    from pigg.serve.bench import wait_ready
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "pigg",
+        "serve",
+        str(served_run),
+        "--port",
+        str(port),
+        "--max-image-mb",
+        "2",
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_ready(base, server))
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_official_openai_client_against_a_live_pigg_serve(live, engine, screens):
+    openai = pytest.importorskip("openai")
     data, text, _ = next(s for s in screens if s[2] == "habit")
     image = Image.open(io.BytesIO(data)).convert("RGB")
     expected = {
         model: engine.run([Job(adapter, click_messages(image, text), 32, image.size)])[0].raw
         for model, adapter in (("global", GLOBAL), ("user-1", "1"))
     }
-    port = free_port()
-    server = start_server(served_run, port, 8, 10.0)
-    try:
-        import asyncio
+    client = openai.OpenAI(base_url=f"{live}/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == ["global", "user-1", "user-2"]
+    for model, answer in expected.items():
+        messages = _chat(data, text, model)["messages"]
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=32)
+        assert reply.choices[0].message.content == answer and reply.choices[0].finish_reason == "stop"
+        stream = client.chat.completions.create(model=model, messages=messages, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer
+    with pytest.raises(openai.NotFoundError, match="no adapter for user '7'"):
+        client.chat.completions.create(model="user-7", messages=messages)
+    with pytest.raises(openai.BadRequestError, match="stop is not supported"):
+        client.chat.completions.create(model="global", messages=messages, stop=["\n"])
 
-        asyncio.run(wait_ready(f"http://127.0.0.1:{port}", server))
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        assert [m.id for m in client.models.list()] == ["global", "user-1", "user-2"]
-        for model, answer in expected.items():
-            messages = _chat(data, text, model)["messages"]
-            reply = client.chat.completions.create(model=model, messages=messages, max_tokens=32)
-            assert reply.choices[0].message.content == answer and reply.choices[0].finish_reason == "stop"
-            stream = client.chat.completions.create(model=model, messages=messages, stream=True)
-            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer
-        with pytest.raises(openai.NotFoundError, match="no adapter for user '7'"):
-            client.chat.completions.create(model="user-7", messages=messages)
-        with pytest.raises(openai.BadRequestError, match="stop is not supported"):
-            client.chat.completions.create(model="global", messages=messages, stop=["\n"])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+def test_a_body_over_the_limit_is_answered_413_not_reset(live):
+    import httpx
+
+    limit = 2 * 2**20 * 4 // 3 + 64 * 1024
+    body = b'{"image": "' + b"A" * (3 * limit) + b'", "instruction": "x"}'
+
+    def chunks():
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    for content in (body, chunks()):  # with a Content-Length, and streamed without one
+        response = httpx.post(
+            f"{live}/v1/click", content=content, headers={"content-type": "application/json"}, timeout=60
+        )
+        assert response.status_code == 413
+        assert f"over the {limit:,}-byte limit" in _error_shape(response)["message"]
+    assert httpx.get(f"{live}/health", timeout=10).status_code == 200
+
+
+def _error_shape(response) -> dict:
+    """The one error shape: OpenAI's object, its code the status."""
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == response.status_code, error
+    return error
+
+
+def test_every_limit_is_checked_before_work_starts(engine, screens, monkeypatch):
+    import pigg.serve.app as app_module
+
+    data, text, _ = screens[0]
+    decoded = []
+    real = app_module.decode_image
+    monkeypatch.setattr(app_module, "decode_image", lambda *a: decoded.append(1) or real(*a))
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64(data)}}
+    many_images = {"model": "global", "messages": [{"role": "user", "content": [image] * 50 + [{"type": "text", "text": text}]}]}  # fmt: skip
+    many_messages = {"model": "global", "messages": [{"role": "user", "content": text}] * 17}
+    long_text = {"model": "global", "messages": [{"role": "user", "content": [image, {"type": "text", "text": "x" * 2001}]}]}  # fmt: skip
+    before = engine.stats.requests
+    with client_for(engine) as client:
+        for body, words in [
+            (many_images, "50 images, over the 4-image limit (--max-images)"),
+            (many_messages, "17 messages, over the 16 limit"),
+            (long_text, "2001 characters of text, over the 2000 limit"),
+        ]:
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 400 and words in _error_shape(response)["message"]
+        assert decoded == []  # refused before any screenshot was decoded
+        bomb = {"image": b64(png_claiming(20000, 20000)), "instruction": text}
+        response = client.post("/v1/click", json=bomb)
+        assert response.status_code == 400 and "20000x20000" in _error_shape(response)["message"]
+        assert engine.stats.requests == before  # nothing reached the engine
+    with client_for(engine, max_images=60) as client:  # the limit is the server's setting
+        assert client.post("/v1/chat/completions", json=many_images).status_code == 200
+
+
+def test_every_error_has_the_one_shape(engine, screens, monkeypatch, caplog):
+    data, text, _ = screens[0]
+    with client_for(engine, raise_server_exceptions=False) as client:
+        nested = b"[" * 100_000 + b"]" * 100_000  # valid JSON that Python's parser cannot nest so deep
+        for method, path, kwargs, status in [
+            ("post", "/v1/click", {"content": nested, "headers": {"content-type": "application/json"}}, 400),
+            (
+                "post",
+                "/v1/click",
+                {"content": b"\xff\xfe{", "headers": {"content-type": "application/json"}},
+                400,
+            ),
+            ("get", "/v1/nothing", {}, 404),
+            ("get", "/v1/click", {}, 405),
+            ("post", "/v1/click", {"json": [1, 2]}, 422),
+        ]:
+            response = getattr(client, method)(path, **kwargs)
+            assert response.status_code == status, response.text
+            _error_shape(response)
+
+        def broken(jobs):
+            raise RuntimeError("the GPU fell over")
+
+        monkeypatch.setattr(engine, "run", broken)
+        with caplog.at_level("ERROR", logger="pigg.serve"):
+            response = client.post("/v1/click", json={"image": b64(data), "instruction": text})
+    assert response.status_code == 500
+    error = _error_shape(response)
+    request_id = response.headers["x-request-id"]
+    assert (
+        error["type"] == "server_error"
+        and request_id in error["message"]
+        and "GPU fell over" in error["message"]
+    )
+    assert any(
+        request_id in r.getMessage() and r.exc_info for r in caplog.records
+    )  # logged with its traceback
+
+
+# -- the API fuzzed: arbitrary and mutated requests to a live server, never a 5xx, never a hang ---------------
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=24,
+)
+
+
+def _small_png(width: int, height: int, color: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (color, 255 - color, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+IMAGES = st.one_of(
+    st.builds(_small_png, st.integers(1, 96), st.integers(1, 96), st.integers(0, 255)).map(b64),
+    st.builds(png_claiming, st.integers(0, 2**31 - 1), st.integers(0, 2**31 - 1)).map(b64),
+    st.binary(max_size=200).map(b64),
+    st.builds(lambda data, cut: b64(data[:cut]), st.just(_small_png(40, 30, 7)), st.integers(0, 200)),
+    st.text(max_size=60),
+).flatmap(
+    lambda image: st.sampled_from(
+        [image, "data:image/png;base64," + image, "data:text/plain;base64," + image]
+    )
+)
+USERS = st.one_of(st.none(), st.sampled_from(["1", "2", 1, "7", "../1", "", "global", "users/1"]), JSON)
+SAMPLING = st.fixed_dictionaries(
+    {},
+    optional={
+        "temperature": st.one_of(st.floats(-1, 3), st.floats()), "top_p": st.one_of(st.floats(-0.5, 1.5), st.floats()),
+        "n": st.integers(-1, 10), "seed": st.integers(-(2**70), 2**70), "stream": st.booleans(),
+        "max_tokens": st.integers(-5, 400), "stop": JSON, "stream_options": JSON, "logprobs": JSON,
+    },
+)  # fmt: skip
+
+
+def _post(http, path: str, body):
+    """As JSON the way Python writes it: NaN and Infinity included, which strict JSON has not."""
+    return http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+
+def _check(response) -> None:
+    assert response.status_code < 500, response.text[:500]
+    if response.status_code >= 400:
+        _error_shape(response)
+
+
+@pytest.fixture(scope="module")
+def http(live):
+    import httpx
+
+    with httpx.Client(base_url=live, timeout=60) as client:  # the timeout is the "never hangs" part
+        yield client
+        assert client.get("/health").json()["status"] == "ok"  # still serving after everything
+
+
+fuzz_api = settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None
+)
+
+
+@fuzz_api
+@given(body=JSON, path=st.sampled_from(["/v1/click", "/v1/chat/completions"]))
+def test_fuzz_arbitrary_json_bodies(http, body, path):
+    _check(_post(http, path, body))
+
+
+@fuzz_api
+@given(
+    raw=st.binary(max_size=300),
+    kind=st.sampled_from(["application/json", "text/plain", "multipart/form-data; boundary=x", ""]),
+    path=st.sampled_from(["/v1/click", "/v1/chat/completions"]),
+)
+def test_fuzz_raw_bodies_and_headers(http, raw, kind, path):
+    _check(http.post(path, content=raw, headers={"content-type": kind} if kind else {}))
+
+
+@fuzz_api
+@given(
+    image=IMAGES, instruction=st.one_of(st.text(max_size=80), JSON), user=USERS,
+    extra=st.dictionaries(st.sampled_from(["max_new_tokens", "x", "image"]), JSON, max_size=2),
+    drop=st.sets(st.sampled_from(["image", "instruction"]), max_size=1),
+)  # fmt: skip
+def test_fuzz_mutated_click_requests(http, image, instruction, user, extra, drop):
+    body = {"image": image, "instruction": instruction, "user": user, **extra}
+    _check(_post(http, "/v1/click", {k: v for k, v in body.items() if k not in drop}))
+
+
+@fuzz_api
+@given(
+    model=st.one_of(
+        st.sampled_from(["global", "user-1", "user-2", "user-9", "user-../1"]), st.text(max_size=20)
+    ),
+    images=st.lists(IMAGES, max_size=6),
+    text=st.one_of(st.text(max_size=80), JSON),
+    role=st.sampled_from(["user", "system", "assistant", "tool", 3]),
+    sampling=SAMPLING,
+)
+def test_fuzz_mutated_chat_requests(http, model, images, text, role, sampling):
+    parts = [{"type": "image_url", "image_url": {"url": image}} for image in images] + [
+        {"type": "text", "text": text}
+    ]
+    body = {"model": model, "messages": [{"role": role, "content": parts}], **sampling}
+    _check(_post(http, "/v1/chat/completions", body))

@@ -689,6 +689,7 @@ def serve(
     max_new_tokens: Annotated[int, typer.Option(help="answer length; a request may ask for up to 8x")] = 32,
     max_pixels: Annotated[int, typer.Option(help="largest screenshot accepted, in pixels")] = 4096 * 4096,
     max_image_mb: Annotated[float, typer.Option(help="largest screenshot accepted, in MiB")] = 16.0,
+    max_images: Annotated[int, typer.Option(help="screenshots in one chat request at most")] = 4,
     engine: Annotated[
         str, typer.Option(help="pigg (transformers + peft, CPU or GPU) or vllm (GPU)")
     ] = "pigg",
@@ -724,6 +725,7 @@ def serve(
         max_wait_ms=max_wait_ms,
         max_pixels=max_pixels,
         max_image_bytes=int(max_image_mb * 2**20),
+        max_images=max_images,
         max_new_tokens=max_new_tokens,
         api_key=api_key,
     )

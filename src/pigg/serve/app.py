@@ -13,7 +13,9 @@ import base64
 import binascii
 import io
 import json
+import logging
 import secrets
+import struct
 import time
 import uuid
 import warnings
@@ -25,8 +27,9 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pigg.serve.batcher import MicroBatcher
 from pigg.serve.engine import (
@@ -41,7 +44,8 @@ from pigg.serve.engine import (
     click_messages,
 )
 
-IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+log = logging.getLogger("pigg.serve")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 USER_MODEL_PREFIX = "user-"  # OpenAI `model` names: "global" or "user-<id>"
 
 
@@ -51,7 +55,9 @@ class ServeSettings:
     max_wait_ms: float = 10.0
     max_pixels: int = 4096 * 4096
     max_image_bytes: int = 16 * 2**20
-    max_instruction_chars: int = 2000
+    max_instruction_chars: int = 2000  # text of one message (or a click's instruction)
+    max_images: int = 4  # screenshots in one chat request
+    max_messages: int = 16  # messages in one chat request
     max_new_tokens: int = 32  # the default answer length, and the most a request may ask for is 8x
     api_key: str | None = None
 
@@ -152,16 +158,11 @@ def decode_image(data: str, settings: ServeSettings, param: str) -> Image.Image:
         raw = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, f"{param}: not valid base64", param=param) from None
-    try:
-        image = Image.open(io.BytesIO(raw))
-    except UnidentifiedImageError:
-        raise ApiError(400, f"{param}: not an image (PNG, JPEG or WebP expected)", param=param) from None
-    if image.format not in IMAGE_FORMATS:
-        raise ApiError(400, f"{param}: {image.format} images are not accepted; send PNG, JPEG or WebP", param=param)  # fmt: skip
+    image = open_header(raw, param)
     width, height = image.size
     if width * height > settings.max_pixels:
         raise ApiError(
-            413,
+            400,
             f"{param}: the image is {width}x{height} = {width * height:,} pixels, over the "
             f"{settings.max_pixels:,}-pixel limit",
             param=param,
@@ -175,14 +176,51 @@ def decode_image(data: str, settings: ServeSettings, param: str) -> Image.Image:
     return image.convert("RGB")
 
 
+def open_header(raw: bytes, param: str) -> Image.Image:
+    """The image with only its header read (nothing decoded yet), by the plugin of an accepted format.
+    Not `Image.open`: it refuses sizes past PIL's own decompression-bomb limit with an exception of its
+    own before the server's `--max-pixels` can be checked and answered with the size."""
+    Image.init()
+    for name in IMAGE_FORMATS:
+        factory, accept = Image.OPEN[name]
+        if accept is None or accept(raw[:16]):
+            try:
+                return factory(io.BytesIO(raw), None)
+            except (SyntaxError, OSError, ValueError, struct.error, IndexError, TypeError):
+                continue  # not this format after all, or a header too damaged to read
+    try:
+        kind = Image.open(io.BytesIO(raw)).format
+    except Exception:  # nothing PIL can read (or a size past its own limit: not an image we take)
+        kind = None
+    if kind is not None and kind not in IMAGE_FORMATS:
+        raise ApiError(400, f"{param}: {kind} images are not accepted; send PNG, JPEG or WebP", param=param)
+    raise ApiError(400, f"{param}: not an image (PNG, JPEG or WebP expected)", param=param)
+
+
 def chat_messages_of(body: ChatRequest, settings: ServeSettings) -> list[dict]:
-    """OpenAI chat messages → pigg's (content as items, images decoded)."""
+    """OpenAI chat messages → pigg's (content as items, images decoded), within the limits on messages
+    and images, counted before any image is decoded."""
+    if len(body.messages) > settings.max_messages:
+        raise ApiError(400, f"messages: {len(body.messages)} messages, over the {settings.max_messages} limit", param="messages")  # fmt: skip
+    images = sum(
+        1
+        for m in body.messages
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    )
+    if images > settings.max_images:
+        raise ApiError(400, f"messages: {images} images, over the {settings.max_images}-image limit (--max-images)", param="messages")  # fmt: skip
     messages = []
     for i, message in enumerate(body.messages):
         role = message.get("role")
         if role not in ("system", "user", "assistant"):
             raise ApiError(400, f"messages[{i}].role must be system, user or assistant", param=f"messages[{i}].role")  # fmt: skip
         content = message.get("content")
+        parts = content if isinstance(content, list) else [{"text": content}]
+        text = sum(len(p["text"]) for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
+        if text > settings.max_instruction_chars:
+            raise ApiError(400, f"messages[{i}]: {text} characters of text, over the {settings.max_instruction_chars} limit", param=f"messages[{i}]")  # fmt: skip
         items = []
         if isinstance(content, str):
             items.append({"type": "text", "text": content})
@@ -202,9 +240,6 @@ def chat_messages_of(body: ChatRequest, settings: ServeSettings) -> list[dict]:
                     raise ApiError(400, f"{where}: expected a text or image_url part", param=where)
         else:
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts", param=f"messages[{i}].content")  # fmt: skip
-        text = sum(len(item.get("text", "")) for item in items)
-        if text > settings.max_instruction_chars:
-            raise ApiError(400, f"messages[{i}]: {text} characters of text, over the {settings.max_instruction_chars} limit", param=f"messages[{i}]")  # fmt: skip
         messages.append({"role": role, "content": items})
     if messages[-1]["role"] == "assistant":
         raise ApiError(400, "the last message must not be the assistant's: there is nothing to answer", param="messages")  # fmt: skip
@@ -284,29 +319,50 @@ async def stream_chat(batcher, completion: dict, adapter, messages, length, samp
 
 # -- the app ----------------------------------------------------------------------------------------------
 class BodyLimit:
-    """Pure ASGI: a request body over the limit is refused (413) before it is read into memory."""
+    """Pure ASGI: a request body over the limit is answered 413 in the one error shape, by its declared
+    length before any of it is read, or when a body streamed without one passes the limit. The body is
+    read here (at most the limit is held) and handed on whole. The rest of a body over the limit is read
+    and dropped first (up to `drain` times the limit): a server that answers and closes while the client
+    is still sending resets the connection, and the client never sees the answer."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, drain: int = 8):
+        self.app, self.limit, self.drain = app, limit, drain
+
+    async def _drop_rest(self, receive, more: bool) -> None:
+        dropped = 0
+        while more and dropped <= self.drain * self.limit:
+            message = await receive()
+            dropped += len(message.get("body", b""))
+            more = message["type"] == "http.request" and message.get("more_body", False)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            response = error_body(413, f"the request body is {int(length):,} bytes, over the {self.limit:,}-byte limit", "invalid_request_error")  # fmt: skip
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def counted():
-            nonlocal seen
+            await self._drop_rest(receive, True)
+            return await error_body(413, f"the request body is {int(length):,} bytes, over the {self.limit:,}-byte limit", "invalid_request_error")(scope, receive, send)  # fmt: skip
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise ApiError(413, f"the request body is over the {self.limit:,}-byte limit")
+            if message["type"] != "http.request":  # the client left before sending it all
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await self._drop_rest(receive, more)
+                return await error_body(413, f"the request body is over the {self.limit:,}-byte limit", "invalid_request_error")(scope, receive, send)  # fmt: skip
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        async def replay():
+            nonlocal whole
+            if whole is None:
+                return await receive()  # after the body: the disconnect a streaming answer listens for
+            message, whole = whole, None
             return message
 
-        return await self.app(scope, counted, send)
+        return await self.app(scope, replay, send)
 
 
 def create_app(engine: ServeEngine, settings: ServeSettings | None = None) -> FastAPI:
@@ -339,9 +395,26 @@ def create_app(engine: ServeEngine, settings: ServeSettings | None = None) -> Fa
         )
         return error_body(422, message, "invalid_request_error", where or None)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        # routing (404, 405) and FastAPI's own body parsing ("There was an error parsing the body")
+        kinds = {401: "authentication_error", 404: "not_found_error"}
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if message == "There was an error parsing the body":
+            message = "the request body cannot be parsed as JSON (too deeply nested, or not UTF-8 text)"
+        kind = kinds.get(
+            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+        )
+        return error_body(exc.status_code, message, kind)
+
     @app.exception_handler(Exception)
     async def _failed(request, exc: Exception):
-        return error_body(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
+        # the server's own fault: logged with its traceback under an id that the answer carries
+        request_id = f"req-{uuid.uuid4().hex[:16]}"
+        log.error("%s %s %s failed", request_id, request.method, request.url.path, exc_info=exc)
+        response = error_body(500, f"generation failed: {type(exc).__name__}: {exc} (request {request_id})", "server_error")  # fmt: skip
+        response.headers["X-Request-Id"] = request_id
+        return response
 
     def authorized(request: Request) -> None:
         if settings.api_key is None:
