@@ -295,13 +295,12 @@ async def stream_chat(batcher, completion: dict, adapter, messages, length, samp
                 streamed[index] += payload
                 yield chunk(index, {"content": payload})
                 continue
-            if payload.cancelled() or payload.exception() is not None:
-                failure = (
-                    "cancelled"
-                    if payload.cancelled()
-                    else f"{type(payload.exception()).__name__}: {payload.exception()}"
-                )
-                yield sse({"error": {"message": f"generation failed: {failure}", "type": "server_error", "param": None, "code": 500}})  # fmt: skip
+            if payload.cancelled() or payload.exception() is not None:  # after the first byte: in the stream
+                exc = None if payload.cancelled() else payload.exception()
+                request_id = f"req-{uuid.uuid4().hex[:16]}"
+                log.error("%s streamed chat failed", request_id, exc_info=exc)
+                failure = "cancelled" if exc is None else f"{type(exc).__name__}: {exc}"
+                yield sse({"error": {"message": f"generation failed: {failure} (request {request_id})", "type": "server_error", "param": None, "code": 500}})  # fmt: skip
                 return
             answer = answers[index] = payload.result()
             if answer.raw.startswith(streamed[index]) and answer.raw != streamed[index]:
