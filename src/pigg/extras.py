@@ -10,7 +10,7 @@ from pigg.errors import ConfigError
 
 # extra -> the modules pigg uses from it (tests/test_package.py checks this against pyproject.toml)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "serve": ("fastapi", "uvicorn", "httpx"),
+    "serve": ("fastapi", "starlette", "uvicorn", "httpx"),
     "qlora": ("bitsandbytes",),
     "deepspeed": ("deepspeed",),
     "liger": ("liger_kernel",),
