@@ -28,11 +28,12 @@ demo-text: setup
 	$(BIN)/pigg demo text --out demo_text_out
 
 # deptry: every import in src/pigg is declared in pyproject.toml (a dependency, or an extra whose absence
-# src/pigg/extras.py turns into one line)
+# src/pigg/extras.py turns into one line); lint-imports: no import runs up the layers pyproject names
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/deptry src
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 from pigg.config import load_config
-from pigg.grounding.agent import Agent, load_weights, resolve_model
 from pigg.grounding.evaluate import evaluate_agent
 from pigg.grounding.metrics import summarize
 from pigg.grounding.personalize import (
@@ -32,6 +31,7 @@ from pigg.grounding.personalize import (
     train_user_adapter,
     user_lora_config,
 )
+from pigg.infer import Agent, load_weights, resolve_model
 from pigg.train.run import RUN_CONFIG
 
 

@@ -17,8 +17,9 @@ from conftest import caught, difference, within
 from pigg.cli import app
 from pigg.data.render import Renderer, prompt_messages
 from pigg.data.sources import read_samples
-from pigg.grounding.agent import Agent, load_weights, resolve_model
+from pigg.grounding.clicks import click, click_samples
 from pigg.grounding.evaluate import eval_loss, run_eval
+from pigg.infer import Agent, load_weights, resolve_model
 from pigg.models.coords import format_point, to_model
 from pigg.models.families import QWEN2_5_VL
 
@@ -55,8 +56,8 @@ def test_eval_compare_base_vs_trained_writes_report(trained_run, tmp_path):
 def test_batched_answers_equal_one_at_a_time(trained_run, fixed_data):
     agent = Agent.load(resolve_model(str(trained_run)))
     samples = read_samples(fixed_data, [1]).samples[:6]
-    batched = agent.click_samples(samples, batch_size=6)
-    single = agent.click_samples(samples, batch_size=1)
+    batched = click_samples(agent, samples, batch_size=6)
+    single = click_samples(agent, samples, batch_size=1)
     assert [c.raw for c in batched] == [c.raw for c in single]
 
 
@@ -64,10 +65,10 @@ def test_eval_through_the_image_cache_clicks_the_same_screenshot_pixels(trained_
     from pigg.data.sample import image_size
 
     samples = read_samples(fixed_data, [2]).samples[:8]
-    plain = Agent.load(resolve_model(str(trained_run))).click_samples(samples, batch_size=4)
+    plain = click_samples(Agent.load(resolve_model(str(trained_run))), samples, batch_size=4)
     cached_agent = Agent.load(resolve_model(str(trained_run)), image_cache=tmp_path / "cache")
-    filling = cached_agent.click_samples(samples, batch_size=4)
-    reading = cached_agent.click_samples(samples, batch_size=4)  # every image now comes from the cache
+    filling = click_samples(cached_agent, samples, batch_size=4)
+    reading = click_samples(cached_agent, samples, batch_size=4)  # every image now comes from the cache
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(samples)
     originals = [image_size(s.image_refs()[-1], s.base_dir) for s in samples]
     resized = [cached_agent.renderer.load_image(s.image_refs()[-1], s.base_dir).size for s in samples]
@@ -146,17 +147,17 @@ def test_personalize_swaps_adapters_on_one_global_model(trained_run, fixed_data,
     screen = read_samples(fixed_data, [1]).samples[0]
     base = load_weights(resolve_model(str(trained_run)))
     plain_agent = Agent(base, *_processor_renderer(trained_run))
-    expected_global = [plain_agent.click(_image(screen), habits[u]).raw for u in (1, 2)]
+    expected_global = [click(plain_agent, _image(screen), habits[u]).raw for u in (1, 2)]
     model = PeftModel.from_pretrained(base, str(trained_run / "users" / "1"), adapter_name="1")
     model.load_adapter(str(trained_run / "users" / "2"), adapter_name="2")
     agent = Agent(model, *_processor_renderer(trained_run))
     answers = {}
     for user in (1, 2):
         model.set_adapter(str(user))
-        answers[user] = agent.click(_image(screen), habits[user]).raw
+        answers[user] = click(agent, _image(screen), habits[user]).raw
     assert answers[1] != answers[2]
     with model.disable_adapter():
-        assert [agent.click(_image(screen), habits[u]).raw for u in (1, 2)] == expected_global
+        assert [click(agent, _image(screen), habits[u]).raw for u in (1, 2)] == expected_global
 
 
 def _processor_renderer(run):
@@ -334,8 +335,8 @@ def test_replay_never_teaches_other_users_answers_to_the_users_own_words(fixed_d
 def test_a_users_fresh_adapter_depends_on_the_seed_alone(trained_run):
     """User 2's adapter starts the same whether or not user 1's was made (and trained) before it."""
     from pigg.config import PersonalizeSection
-    from pigg.grounding.agent import load_weights, resolve_model
     from pigg.grounding.personalize import UserAdapters, user_lora_config
+    from pigg.infer import load_weights, resolve_model
     from pigg.models.families import family_for_model_type
 
     def initial_lora(first: bool) -> dict:

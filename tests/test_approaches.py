@@ -36,7 +36,7 @@ def test_qlora_trains_4bit_llm_linears_only_and_merges_into_the_unquantized_base
 ):
     from bitsandbytes.nn import Linear4bit
 
-    from pigg.grounding.agent import load_weights, resolve_model
+    from pigg.infer import load_weights, resolve_model
     from pigg.publish import merge_run
 
     result = train(tiny_config("model.quantization=nf4", "train.max_steps=8", "train.learning_rate=5e-3"))

@@ -9,8 +9,8 @@ from statistics import mean
 import pytest
 
 from pigg.classification.metrics import UNPARSED, score_labels
-from pigg.classification.parse import format_label, parse_label
 from pigg.classification.report import confusion_png, markdown
+from pigg.data.labels import format_label, parse_label
 from pigg.data.synthetic_text import LABELS, synthesize_news
 
 NEWS = ["World", "Sports", "Business", "Sci/Tech"]

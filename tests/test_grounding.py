@@ -163,7 +163,7 @@ def test_breakdown_counts_parse_failures_per_user_and_kind():
 
 
 def test_model_references_follow_adapter_chains_to_the_base(tmp_path, tiny_model):
-    from pigg.grounding.agent import base_of, resolve_model
+    from pigg.infer import base_of, resolve_model
 
     def adapter(folder, base):
         folder.mkdir(parents=True)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import caught, difference, within
 from pigg.errors import ConfigError
-from pigg.grounding.agent import resolve_model
+from pigg.infer import resolve_model
 from pigg.models.loading import load_model, load_processor
 from pigg.publish import merge_run, push_folder
 from pigg.train.run import prepare_data, train

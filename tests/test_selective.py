@@ -136,7 +136,7 @@ RELOAD_TOL = 1e-3
 def test_selective_run_saves_its_parts_and_reloads_to_the_same_outputs(tiny_config):
     from safetensors.torch import load_file
 
-    from pigg.grounding.agent import load_weights, resolve_model
+    from pigg.infer import load_weights, resolve_model
     from pigg.train.run import prepare_data, train
 
     cfg = tiny_config(*SELECTIVE)

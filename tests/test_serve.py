@@ -295,7 +295,7 @@ def test_openai_chat_completions_serves_global_and_user_models(engine, screens):
 def test_adapters_beyond_the_lru_are_evicted_and_reloaded_without_reloading_the_base(
     served_run, screens, monkeypatch
 ):
-    import pigg.grounding.agent as agent_module
+    import pigg.infer as agent_module
 
     loads = []
     real = agent_module.load_weights

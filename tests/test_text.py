@@ -283,7 +283,7 @@ def test_throughput_fields_from_hand_computed_batches():
 
 
 def test_likelihood_scores_each_label_answer_and_picks_the_most_likely(tiny_text_model, news):
-    from pigg.grounding.agent import Agent, resolve_model
+    from pigg.infer import Agent, resolve_model
 
     cfg = text_config(tiny_text_model, news[1])
     agent = Agent.load(resolve_model(str(tiny_text_model)), max_new_tokens=8)
@@ -362,7 +362,7 @@ def test_text_lora_run_evaluates_merges_and_plots_from_the_cli(tiny_text_model, 
     merged = tmp_path / "merged"
     result = runner.invoke(app, ["merge", str(run), "--out", str(merged)])
     assert result.exit_code == 0, result.output
-    from pigg.grounding.agent import Agent, resolve_model
+    from pigg.infer import Agent, resolve_model
 
     samples = read_classification(news[1], NEWS).samples[:3]
     answers = []

@@ -107,7 +107,7 @@ def run_text_demo(
 
     from pigg.classification.evaluate import classify_config, run_classify_eval
     from pigg.data.synthetic_text import synthesize_news
-    from pigg.grounding.agent import base_of, resolve_model
+    from pigg.infer import base_of, resolve_model
     from pigg.models.tiny import build_tiny
     from pigg.train.run import prepare_data, train
 

@@ -110,7 +110,7 @@ def evaluate_freetext(
     import statistics
     from pathlib import Path
 
-    from pigg.grounding.agent import Agent, base_of, resolve_model
+    from pigg.infer import Agent, base_of, resolve_model
     from pigg.progress import progress_bar
 
     out = Path(out)
@@ -168,7 +168,7 @@ def evaluate_freetext(
 
 def _embedder(ref):
     """(model, tokenizer) of a reference, used only to embed."""
-    from pigg.grounding.agent import load_weights
+    from pigg.infer import load_weights
     from pigg.models.loading import load_processor, resolve_family
 
     processor = load_processor(ref.processor_from or ref.base, resolve_family(ref.base))

@@ -26,7 +26,7 @@ def merge_run(
     and the run's config and summary."""
     import torch
 
-    from pigg.grounding.agent import base_of, load_weights, resolve_model
+    from pigg.infer import base_of, load_weights, resolve_model
     from pigg.models.loading import load_processor, resolve_family
 
     ref = resolve_model(spec, user=user)

@@ -3,7 +3,7 @@ throughput, and a report.
 
 Two ways to ask a model for a label, on exactly the same samples and prompts (rendered by the training
 Renderer, minus the answer):
-- generate: batched greedy generation; the answer is read strictly (classification.parse): anything that
+- generate: batched greedy generation; the answer is read strictly (pigg.data.labels): anything that
   is not `{"category": ...}` or a bare label is a counted parse failure, never a guess. This is what seed
   004 measured, and what serving does.
 - likelihood: every label's answer is scored as a continuation of the prompt (the sum of its tokens'
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from pigg.classification.metrics import ClassificationScore, score_labels
-from pigg.classification.parse import parse_label
 from pigg.config import ClassifySection
+from pigg.data.labels import parse_label
 from pigg.data.render import IGNORE_INDEX, assistant_spans, pad_batch, prompt_messages, render_text
 from pigg.data.sample import Sample
 from pigg.data.tables import answer_text
@@ -297,7 +297,7 @@ def classify_config(ref, data: str | None, max_samples: int | None):
 
 def run_classify_eval(refs, cfg, samples: list[Sample], out: Path, modes, batch_size: int) -> Path:
     """Each model loaded in turn, asked by each mode on the same samples; the report's JSON path."""
-    from pigg.grounding.agent import Agent
+    from pigg.infer import Agent
 
     results = []
     for ref in refs:

@@ -13,7 +13,7 @@ import math
 import random
 from pathlib import Path
 
-from pigg.classification.parse import format_label
+from pigg.data.labels import format_label
 
 LABELS = ("World", "Sports", "Business", "Sci/Tech")
 SYSTEM = (

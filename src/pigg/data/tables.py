@@ -18,9 +18,9 @@ import numbers
 from pathlib import Path
 from typing import Any
 
-from pigg.classification.parse import format_label, parse_label
 from pigg.config import ClassifySection
 from pigg.data.formats import table_rows
+from pigg.data.labels import format_label, parse_label
 from pigg.data.sample import Problem, Sample
 from pigg.data.sources import ReadResult, _strict_json, _unicode, normalise_messages
 from pigg.errors import DataError

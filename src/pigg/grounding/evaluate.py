@@ -15,8 +15,9 @@ import torch
 
 from pigg.data.render import IGNORE_INDEX, Renderer
 from pigg.data.sample import Sample
-from pigg.grounding.agent import Agent, Click, ModelRef
+from pigg.grounding.clicks import Click, click_samples
 from pigg.grounding.metrics import DEFAULT_RADIUS, ClickScore, breakdown, score_click
+from pigg.infer import Agent, ModelRef
 from pigg.progress import progress_bar
 from pigg.train.loss import causal_lm_loss
 
@@ -95,7 +96,7 @@ def evaluate_agent(agent: Agent, samples: list[Sample], settings: EvalSettings) 
     agent.max_new_tokens = settings.max_new_tokens
     with progress_bar(len(samples), f"eval {agent.label}", unit="screens") as advance:
         started = time.perf_counter()
-        clicks = agent.click_samples(samples, settings.batch_size, progress=advance)
+        clicks = click_samples(agent, samples, settings.batch_size, progress=advance)
         seconds = time.perf_counter() - started
     result = ModelEval(agent.label, score_clicks(samples, clicks, settings.radius), seconds=seconds)
     if settings.loss:
@@ -188,8 +189,8 @@ def run_eval(
     from pathlib import Path
 
     from pigg.errors import ConfigError
-    from pigg.grounding.agent import base_of, resolve_model
     from pigg.grounding.report import write_report
+    from pigg.infer import base_of, resolve_model
     from pigg.train.run import prepare_data
 
     named = [resolve_model(s, adapter, user) for s in specs if s != "base"]

@@ -27,10 +27,10 @@ from pigg.config import ExperimentConfig, PersonalizeSection, load_config, parse
 from pigg.data.render import Renderer
 from pigg.data.sample import Sample
 from pigg.errors import ConfigError, DataError
-from pigg.grounding.agent import USERS_DIR, Agent, base_of, load_weights, resolve_model
 from pigg.grounding.evaluate import EvalSettings, ModelEval, evaluate_agent
 from pigg.grounding.metrics import summarize
 from pigg.grounding.report import write_report
+from pigg.infer import USERS_DIR, Agent, base_of, load_weights, resolve_model
 
 RESULTS = "personalization.json"
 PHASES = ("zero_shot", "global", "personalized")

@@ -9,7 +9,8 @@ from pathlib import Path
 from PIL import ImageDraw
 
 from pigg.data.sample import load_image
-from pigg.grounding.agent import Agent, Click, resolve_model
+from pigg.grounding.clicks import Click, click
+from pigg.infer import Agent, resolve_model
 
 
 @dataclass
@@ -46,6 +47,6 @@ def predict_click(
 ) -> Prediction:
     image = load_image(str(image_path))
     agent = Agent.load(resolve_model(model, adapter, user), max_new_tokens=max_new_tokens)
-    click = agent.click(image, prompt)
+    answer = click(agent, image, prompt)
     png = out if out is not None else Path(f"{Path(image_path).stem}_click.png")
-    return Prediction(click, draw_click(image, click, png))
+    return Prediction(answer, draw_click(image, answer, png))

@@ -50,8 +50,9 @@ def bench_eval(
 ) -> Path:
     """Time every batch size `repeat` times, interleaved; write OUT/bench_eval.json and .md, return the
     JSON's path."""
-    from pigg.grounding.agent import Agent, resolve_model
+    from pigg.grounding.clicks import click_samples
     from pigg.grounding.evaluate import _eval_config, _run_task, score_clicks
+    from pigg.infer import Agent, resolve_model
     from pigg.train.run import prepare_data
 
     if not batch_sizes or min(batch_sizes) < 1 or repeat < 1:
@@ -75,9 +76,9 @@ def bench_eval(
     tokenizer = agent.processor.tokenizer
 
     progress(f"untimed pass over {len(samples)} samples (fills the image cache), one batch per batch size")
-    agent.click_samples(samples, max(batch_sizes))
+    click_samples(agent, samples, max(batch_sizes))
     for size in batch_sizes:  # the first timed pass of each size would otherwise pay its warm-up
-        agent.click_samples(samples[:size], size)
+        click_samples(agent, samples[:size], size)
     results = {b: BatchResult(b) for b in batch_sizes}
     answers: dict[int, list] = {}
     for r in range(repeat):
@@ -85,7 +86,7 @@ def bench_eval(
             progress(f"[repeat {r + 1}/{repeat}] batch size {size}")
             with PeakMemory() as peak:
                 started = time.perf_counter()
-                clicks = agent.click_samples(samples, size)
+                clicks = click_samples(agent, samples, size)
                 seconds = time.perf_counter() - started
             result = results[size]
             result.runs.append(len(samples) / seconds)

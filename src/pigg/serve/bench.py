@@ -29,8 +29,8 @@ def bench_requests(run_dir: Path, count: int, agents: list[str] | None) -> list[
     import tempfile
 
     from pigg.data.sample import load_image, resolve_image_path
-    from pigg.grounding.agent import resolve_model
     from pigg.grounding.evaluate import _eval_config
+    from pigg.infer import resolve_model
     from pigg.serve.engine import GLOBAL, ServeEngine
     from pigg.train.run import prepare_data
 

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from pigg.errors import ConfigError
-from pigg.grounding.agent import ADAPTER_CONFIG, USERS_DIR
+from pigg.infer import ADAPTER_CONFIG, USERS_DIR
 
 # the ranks vLLM's LoRA kernels are built for (--max-lora-rank must be one of them)
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)

@@ -1,6 +1,7 @@
-"""A GUI agent for inference: a model reference resolved, loaded once, and asked where to click.
+"""Inference that knows no task: a model reference resolved, loaded once, prompted and generated from.
 
-A model reference is what a user types after `--model`: a hub id, a model folder, a pigg run folder
+How a task reads the answers (clicks: `pigg.grounding.clicks`; labels: `pigg.classification`; free text:
+`pigg.freetext`) is the task's business. A model reference is what a user types after `--model`: a hub id, a model folder, a pigg run folder
 (full weights, or a LoRA adapter over its base), or an adapter folder; `--adapter` adds an adapter and
 `--user ID` adds that user's personal adapter from RUN/users/ID. For inference every adapter is merged
 into the weights in order, so the result is one plain model; `pigg personalize` swaps adapters instead.
@@ -16,11 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from pigg.data.render import Renderer, prompt_messages, render_text
-from pigg.data.sample import Sample, image_size
+from pigg.data.render import Renderer, render_text
 from pigg.errors import ConfigError
-from pigg.grounding.parse import parse_click
-from pigg.models.coords import from_model
 from pigg.models.loading import load_model, load_processor, looks_local, resolve_family
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -153,17 +151,8 @@ def system_turns_of(ref: ModelRef) -> str:
 
 
 @dataclass
-class Click:
-    """One answer read as a click: the raw text, and the point in screenshot pixels (None: unreadable)."""
-
-    raw: str
-    point: tuple[float, float] | None
-    size: tuple[int, int]
-
-
-@dataclass
 class Agent:
-    """A loaded model with its processor: renders prompts exactly as training did and reads the clicks."""
+    """A loaded model with its processor: renders prompts exactly as training did and generates."""
 
     model: object
     processor: object
@@ -212,37 +201,3 @@ class Agent:
 
     def generate_text(self, inputs) -> list[str]:
         return self.processor.tokenizer.batch_decode(self.generate_ids(inputs), skip_special_tokens=True)
-
-    def read_click(self, raw: str, size: tuple[int, int]) -> Click:
-        parsed = parse_click(raw)
-        if parsed is None:
-            return Click(raw, None, size)
-        point = from_model(parsed.point, size, self.family, self.processor.image_processor)
-        return Click(raw, point, size)
-
-    def click(self, image: Image.Image, instruction: str) -> Click:
-        """Where to click on `image` for `instruction` (seed 001's test_model.py)."""
-        prompt = [
-            {
-                "role": "user",
-                "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}],
-            }
-        ]
-        raw = self.generate_text(self.prompt_inputs([prompt], [[image]]))[0]
-        return self.read_click(raw, image.size)
-
-    def click_samples(self, samples: list[Sample], batch_size: int = 8, progress=None) -> list[Click]:
-        """Batched greedy answers for the samples' prompts (their last answer is what is being predicted)."""
-        clicks: list[Click] = []
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            prompts = [prompt_messages(self.renderer.messages(s)) for s in chunk]
-            images = [[self.renderer.load_image(ref, s.base_dir) for ref in s.image_refs()] for s in chunk]
-            raws = self.generate_text(self.prompt_inputs(prompts, images))
-            # clicks are read in the screenshot's own pixels: a cached image is already resized, so the
-            # size comes from the file's header
-            sizes = [image_size(s.image_refs()[-1], s.base_dir) for s in chunk]
-            clicks += [self.read_click(raw, size) for raw, size in zip(raws, sizes, strict=True)]
-            if progress:
-                progress(len(clicks), len(samples))
-        return clicks

@@ -1,4 +1,6 @@
-"""A model's answer -> one of the known labels, strictly: never a guess.
+"""Labels of a classification task as text, both ways: written as the answers seed 004 trains, and a model's
+answer read back to one of the known labels, strictly: never a guess. Below the readers (tables read
+labels) and the classification task alike.
 
 Accepted: the JSON object seed 004 trains (`{"category": "World"}`, one key) or the bare label, compared
 case-insensitively after trimming whitespace, quotes and a final period. Anything else ("World news",
