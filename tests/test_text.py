@@ -13,7 +13,7 @@ from pigg.classification.evaluate import Throughput, answer_log_likelihoods, eva
 from pigg.config import ClassifySection, build_config
 from pigg.data.packing import STATS_KEY, TrainingCollator
 from pigg.data.render import IGNORE_INDEX, Renderer
-from pigg.data.synthetic_text import LABELS, synthesize_news
+from pigg.data.synthetic_text import LABELS, synthesize_news, vocabulary
 from pigg.data.tables import read_classification
 from pigg.errors import ConfigError, DataError
 from pigg.models.families import get_family
@@ -26,7 +26,9 @@ NEWS = ClassifySection(labels=list(LABELS))
 def tiny_text_model(tmp_path_factory):
     from pigg.models.tiny import build_tiny
 
-    return build_tiny("qwen2.5", tmp_path_factory.mktemp("tiny_text") / "tiny-qwen2.5")
+    return build_tiny(
+        "qwen2.5", tmp_path_factory.mktemp("tiny_text") / "tiny-qwen2.5", extra_words=vocabulary()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_tiny_text_model_loads_as_a_causal_lm_and_refuses_vision_parts(tiny_text
     assert type(model).__name__ == "Qwen2ForCausalLM"
     with pytest.raises(ConfigError, match="text-only"):
         apply_method(model, family, "full", NEWS, vision="full")
-    assert resolve_family(str(build_tiny("qwen3", tmp_path / "q3"))).name == "qwen3"
+    assert resolve_family(str(build_tiny("qwen3", tmp_path / "q3", extra_words=vocabulary()))).name == "qwen3"
 
 
 def test_a_text_model_refuses_samples_with_images(tiny_text_model, synth_data):

@@ -521,9 +521,12 @@ def model_tiny(
 ):
     """Build a tiny random-weight model of a real architecture, with its own tokenizer and template (or a
     real model's, with --tokenizer)."""
+    from pigg.data.synthetic_text import vocabulary
     from pigg.models.tiny import build_tiny
 
-    folder = build_tiny(family, out, seed, tokenizer=str(tokenizer) if tokenizer else None)
+    folder = build_tiny(
+        family, out, seed, tokenizer=str(tokenizer) if tokenizer else None, extra_words=vocabulary()
+    )
     print(f"wrote tiny {family} model to {folder}")
 
 

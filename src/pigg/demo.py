@@ -106,7 +106,7 @@ def run_text_demo(
     import torch
 
     from pigg.classification.evaluate import classify_config, run_classify_eval
-    from pigg.data.synthetic_text import synthesize_news
+    from pigg.data.synthetic_text import synthesize_news, vocabulary
     from pigg.infer import base_of, resolve_model
     from pigg.models.tiny import build_tiny
     from pigg.train.run import prepare_data, train
@@ -123,7 +123,7 @@ def run_text_demo(
         synthesize_news(data_dir / "test.jsonl", test_articles, seed=1)
     if not (model_dir / "config.json").exists():
         print(f"[2/5] building the tiny Qwen2.5 in {model_dir}")
-        build_tiny("qwen2.5", model_dir)
+        build_tiny("qwen2.5", model_dir, extra_words=vocabulary())
     overrides = [
         f"model.name={model_dir}",
         f"data.path={data_dir / 'train.jsonl'}",

@@ -303,14 +303,13 @@ _TINY = {
 TINY_FAMILIES = tuple(_TINY)
 
 
-def _news_words() -> list[str]:
-    from pigg.data.synthetic_text import vocabulary
-
-    return vocabulary()
-
-
 def build_tiny(
-    family: str, out: str | Path, seed: int = 0, max_pixels: int = 256 * 256, tokenizer: str | None = None
+    family: str,
+    out: str | Path,
+    seed: int = 0,
+    max_pixels: int = 256 * 256,
+    tokenizer: str | None = None,
+    extra_words: list[str] | None = None,
 ) -> Path:
     """Write a tiny random-weight model of `family` ("qwen3-vl", "qwen2.5-vl", "idefics3", "idefics2", or the text-only
     "qwen2.5", "qwen3") to `out`; return the folder.
@@ -318,7 +317,10 @@ def build_tiny(
     `tokenizer`: a real model's folder (tokenizer, chat template, processor config; no weights needed,
     e.g. ../shared/assets/qwen3-vl-8b-instruct). The tiny model then takes that processor as it is and the
     real vocabulary (the folder's config.json's vocab_size when there is one): the shape the field's tests
-    use, where the 152k-token embeddings and output layer are ~98% of the model and most of a step."""
+    use, where the 152k-token embeddings and output layer are ~98% of the model and most of a step.
+
+    `extra_words`: words the small tokenizer of a text-only model learns merges for (the callers pass the
+    synthetic news' `pigg.data.synthetic_text.vocabulary()`; models sit below data and do not import it)."""
     import json
 
     import transformers
@@ -345,7 +347,7 @@ def build_tiny(
         )
         config = make_config(small)
     else:
-        processor, small = None, build_tokenizer(extra_words=None if proc_cls else _news_words())
+        processor, small = None, build_tokenizer(extra_words=None if proc_cls else extra_words)
         config = make_config(small)
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).to(torch.float32)
