@@ -561,7 +561,8 @@ def live(served_run):
 
 
 def test_the_official_openai_client_against_a_live_pigg_serve(live, engine, screens):
-    openai = pytest.importorskip("openai")
+    import openai  # pinned in requirements-dev.txt: missing is a failure, not a skip
+
     data, text, _ = next(s for s in screens if s[2] == "habit")
     image = Image.open(io.BytesIO(data)).convert("RGB")
     expected = {

@@ -97,6 +97,15 @@ class Answer:
     ended: bool = True  # the answer ended by itself (finish_reason "stop"), not at max_new_tokens ("length")
 
 
+def completion_tokens(ids: torch.Tensor, ends: set[int]) -> tuple[int, bool]:
+    """Generated tokens up to and including the first end token (rows that ended early are padded), and
+    whether there was one."""
+    for i, token in enumerate(ids.tolist()):
+        if token in ends:
+            return i + 1, True
+    return len(ids), False
+
+
 class RowStreamer(BaseStreamer):
     """Hands each row of a batched generate its new text as the tokens come (generate calls `put` with
     the prompt first, then with one token per row per step)."""
@@ -294,10 +303,10 @@ class ServeEngine:
             self._count(len(jobs), time.perf_counter() - began)
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
-        answers = []
+        answers, ends = [], self._end_tokens()
         for job, text, ids, used in zip(jobs, texts, new, prompt_tokens, strict=True):
             click = read_click(agent, text, job.size) if job.size is not None else None
-            tokens, ended = self._completion_tokens(ids)
+            tokens, ended = completion_tokens(ids, ends)
             if job.cancelled.is_set():  # stopped for its client, not by itself: the padding is no end
                 tokens, ended = tokens - ended, False
             answers.append(Answer(text, int(used), tokens, click, ended))
@@ -306,15 +315,6 @@ class ServeEngine:
     def _end_tokens(self) -> set[int]:
         markers = self.agent.renderer.markers
         return {markers.pad, markers.turn_end, self.agent.processor.tokenizer.eos_token_id}
-
-    def _completion_tokens(self, ids: torch.Tensor) -> tuple[int, bool]:
-        """Generated tokens up to and including the first end token (rows that ended early are padded),
-        and whether there was one."""
-        ends = self._end_tokens()
-        for i, token in enumerate(ids.tolist()):
-            if token in ends:
-                return i + 1, True
-        return len(ids), False
 
     def _count(self, size: int, seconds: float) -> None:
         s = self.stats
