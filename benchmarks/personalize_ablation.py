@@ -22,17 +22,17 @@ import time
 from pathlib import Path
 
 from pigg.config import load_config
-from pigg.grounding.evaluate import evaluate_agent
-from pigg.grounding.metrics import summarize
-from pigg.grounding.personalize import (
+from pigg.infer import Agent, load_weights, resolve_model
+from pigg.personalize import (
     UserAdapters,
     adaptation_samples,
+    evaluate_agent,
     prepare_personalization,
     train_user_adapter,
     user_lora_config,
 )
-from pigg.infer import Agent, load_weights, resolve_model
-from pigg.train.run import RUN_CONFIG
+from pigg.tasks.grounding import summarize
+from pigg.train.build import RUN_CONFIG
 
 
 def per_kind(scores) -> dict:
@@ -54,7 +54,7 @@ def run_variant(prep, agent, adapters, base_config, variant: str, seed: int, tag
         train_user_adapter(model, prep.data.renderer, samples, p, seed)
         seconds += time.perf_counter() - began
         agent.model, agent.label = model, f"user {split.user_id} [{variant}] seed {seed}"
-        scores += evaluate_agent(agent, split.test, prep.settings).scores
+        scores += evaluate_agent(agent, split.test, prep.task).scores
     return {**per_kind(scores), "train_seconds": round(seconds, 1)}
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     prep = prepare_personalization(args.run, replay_pool=True)
     agent = Agent(load_weights(resolve_model(str(args.run))), prep.data.processor, prep.data.renderer)
     agent.label = "global"
-    reference = per_kind(evaluate_agent(agent, prep.test_all, prep.settings).scores)
+    reference = per_kind(evaluate_agent(agent, prep.test_all, prep.task).scores)
     kinds = list(reference)
     # target modules named once on the unwrapped model; rank, alpha and dropout per variant
     base_config = user_lora_config(agent.model, prep.data.family, prep.cfg.personalize)

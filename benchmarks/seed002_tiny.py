@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from pigg.config import load_config
-from pigg.data.synthetic import synthesize
+from pigg.data.synth.screens import synthesize
 from pigg.models.tiny import build_tiny
 from pigg.train.compare import compare_runs
 from pigg.train.run import train

@@ -83,7 +83,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
-    from pigg.data.synthetic import synthesize
+    from pigg.data.synth.screens import synthesize
 
     return synthesize(tmp_path_factory.mktemp("synth") / "data", users=3, per_user=8, seed=1)
 
@@ -92,7 +92,7 @@ def synth_data(tmp_path_factory) -> Path:
 def fixed_data(tmp_path_factory):
     """The "fixed" layout (each label on its own cell): the instruction alone says where to click, which
     a random-weight tiny model learns in seconds; habit samples ("the usual") differ per user."""
-    from pigg.data.synthetic import synthesize
+    from pigg.data.synth.screens import synthesize
 
     return synthesize(
         tmp_path_factory.mktemp("fixed") / "data",

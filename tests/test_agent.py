@@ -15,13 +15,14 @@ from safetensors.torch import load_file
 
 from conftest import caught, difference, within
 from pigg.cli import app
+from pigg.data.readers import read_samples
 from pigg.data.render import Renderer, prompt_messages
-from pigg.data.sources import read_samples
-from pigg.grounding.clicks import click, click_samples
-from pigg.grounding.evaluate import eval_loss, run_eval
+from pigg.evaluation.answers import click_samples, eval_loss
+from pigg.evaluation.run import run_eval
 from pigg.infer import Agent, load_weights, resolve_model
 from pigg.models.coords import format_point, to_model
 from pigg.models.families import QWEN2_5_VL
+from pigg.predict import click
 
 CHANCE = 1 / 9  # nine cells
 
@@ -98,7 +99,7 @@ def test_eval_loss_is_token_weighted_and_batch_size_invariant(trained_run, fixed
 
 
 def test_personalize_swaps_adapters_on_one_global_model(trained_run, fixed_data, monkeypatch):
-    import pigg.grounding.personalize as module
+    import pigg.personalize as module
 
     loads = {"weights": 0, "agents": 0}
     real_weights, real_agent = module.load_weights, module.Agent.load
@@ -260,7 +261,7 @@ def test_personalize_replays_global_samples_measures_costs_and_draws_the_curve(
     (adapter size, seconds, memory, switch time) is reported."""
     import shutil
 
-    import pigg.grounding.personalize as module
+    import pigg.personalize as module
     from pigg.errors import ConfigError
 
     run = tmp_path / "run"
@@ -298,7 +299,7 @@ def test_personalize_replays_global_samples_measures_costs_and_draws_the_curve(
 
 
 def test_a_users_adapt_and_test_screens_never_overlap(fixed_data):
-    from pigg.grounding.personalize import first_samples, split_user
+    from pigg.personalize import first_samples, split_user
 
     samples = read_samples(fixed_data, [1]).samples
     split = split_user(1, samples, 0.5, seed=0)
@@ -316,7 +317,7 @@ def test_replay_never_teaches_other_users_answers_to_the_users_own_words(fixed_d
     """Users 3-4's "my usual one please" means their own favourite: replayed for user 2 (who says it too)
     it would teach user 2 another user's answer. `replay_conflicts: skip` leaves exactly those out."""
     from pigg.config import PersonalizeSection
-    from pigg.grounding.personalize import replay_for, split_user
+    from pigg.personalize import replay_for, split_user
 
     split = split_user(2, read_samples(fixed_data, [2]).samples, 0.5, seed=0)
     pool = read_samples(fixed_data, [3, 4]).samples
@@ -335,9 +336,9 @@ def test_replay_never_teaches_other_users_answers_to_the_users_own_words(fixed_d
 def test_a_users_fresh_adapter_depends_on_the_seed_alone(trained_run):
     """User 2's adapter starts the same whether or not user 1's was made (and trained) before it."""
     from pigg.config import PersonalizeSection
-    from pigg.grounding.personalize import UserAdapters, user_lora_config
     from pigg.infer import load_weights, resolve_model
     from pigg.models.families import family_for_model_type
+    from pigg.personalize import UserAdapters, user_lora_config
 
     def initial_lora(first: bool) -> dict:
         model = load_weights(resolve_model(str(trained_run)))
@@ -358,7 +359,7 @@ def test_replay_per_pass_gives_every_pass_its_own_global_samples(fixed_data):
     from collections import Counter
 
     from pigg.config import PersonalizeSection
-    from pigg.grounding.personalize import adaptation_samples, split_user
+    from pigg.personalize import adaptation_samples, split_user
 
     split = split_user(2, read_samples(fixed_data, [2]).samples, 0.25, seed=0)
     pool = read_samples(fixed_data, [3, 4]).samples

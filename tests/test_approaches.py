@@ -194,10 +194,10 @@ FILLER_TOL = 1e-4
 
 def test_a_text_only_batch_gets_a_filler_image_that_changes_no_loss_and_no_gradient(tiny_config, tmp_path):
     from pigg.data.packing import STATS_KEY, TrainingCollator
+    from pigg.data.readers import read_samples
     from pigg.data.render import IGNORE_INDEX, pad_batch
-    from pigg.data.sources import read_samples
     from pigg.models.loading import load_model
-    from pigg.train.run import load_renderer
+    from pigg.train.build import load_renderer
 
     rows = [
         {"user_id": 1, "messages": [

@@ -8,10 +8,9 @@ from statistics import mean
 
 import pytest
 
-from pigg.classification.metrics import UNPARSED, score_labels
-from pigg.classification.report import confusion_png, markdown
 from pigg.data.labels import format_label, parse_label
-from pigg.data.synthetic_text import LABELS, synthesize_news
+from pigg.data.synth.news import LABELS, synthesize_news
+from pigg.tasks.classify import UNPARSED, confusion_png, markdown, score_labels
 
 NEWS = ["World", "Sports", "Business", "Sci/Tech"]
 
@@ -87,9 +86,9 @@ def test_report_has_every_model_and_class_and_a_confusion_png(tmp_path):
 
 
 def test_synthetic_news_is_balanced_spread_like_seed_004_and_reads_as_valid_samples(tmp_path, tiny_config):
-    from pigg.data.sources import read_samples
+    from pigg.data.readers import read_samples
     from pigg.data.validate import validate
-    from pigg.train.run import load_renderer
+    from pigg.train.build import load_renderer
 
     path = synthesize_news(tmp_path / "news.jsonl", 400, seed=3)
     assert path.read_text() == synthesize_news(tmp_path / "again.jsonl", 400, seed=3).read_text()

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 
 from conftest import caught, difference, within
 from pigg.data.packing import STATS_KEY
+from pigg.data.readers import read_samples
 from pigg.data.render import IGNORE_INDEX
-from pigg.data.sources import read_samples
 from pigg.models.loading import load_model
+from pigg.train.build import load_renderer
 from pigg.train.distill import REPLAY_KEY, DistillTrainer, ReplayCollator, mark_replayed
 from pigg.train.loss import causal_lm_loss
-from pigg.train.run import load_renderer
 from pigg.train.trainer import build_trainer
 
 

@@ -11,9 +11,12 @@ import pytest
 import torch
 
 from conftest import caught, within
-from pigg.data.formats import detect_format, read_hf, read_llamafactory, read_screenspot
+from pigg.data.readers import read_samples
+from pigg.data.readers.chats import read_llamafactory
+from pigg.data.readers.detect import detect_format
+from pigg.data.readers.hf import read_hf
+from pigg.data.readers.screenspot import read_screenspot
 from pigg.data.sample import image_size
-from pigg.data.sources import read_samples
 from pigg.errors import DataError
 
 
@@ -32,7 +35,7 @@ def _pigg_samples(synth_data, renderer, user=1, count=4):
 
 @pytest.fixture
 def renderer(tiny_config):
-    from pigg.train.run import load_renderer
+    from pigg.train.build import load_renderer
 
     return load_renderer(tiny_config("data.image_cache=null"))[2]
 
@@ -326,7 +329,7 @@ def test_screenspot_pro_boxes_and_the_eval_breakdown_by_its_categories(tiny_mode
 
 
 def test_exact_match_and_token_f1_by_hand():
-    from pigg.freetext import exact_match, token_f1
+    from pigg.tasks.describe import exact_match, token_f1
 
     assert exact_match("The red button.", "red  button") == 1.0 and exact_match("red", "blue") == 0.0
     # prediction "white circle red" vs reference "white circle blue background": 2 common tokens
@@ -342,7 +345,7 @@ SIMILARITY_TOL = 3e-5
 
 
 def test_similarity_is_zero_for_identical_answers_and_worse_for_shuffled_references(tiny_model):
-    from pigg.freetext import similarity_scores
+    from pigg.evaluation.similarity import similarity_scores
     from pigg.models.families import get_family
     from pigg.models.loading import load_model, load_processor
 
@@ -372,7 +375,7 @@ def test_llamafactory_description_data_trains_and_similarity_improves(tiny_model
     from typer.testing import CliRunner
 
     from pigg.cli import app
-    from pigg.data.synthetic_describe import synthesize_descriptions
+    from pigg.data.synth.describe import synthesize_descriptions
 
     data = synthesize_descriptions(tmp_path / "describe", 96, seed=0)
     held_out = synthesize_descriptions(tmp_path / "held_out", 16, seed=5)

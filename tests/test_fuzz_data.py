@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pigg.data.packing import TrainingCollator
-from pigg.data.sources import read_samples
+from pigg.data.readers import read_samples
 from pigg.data.validate import validate
 from pigg.errors import DataError, PiggError
 
@@ -37,7 +37,7 @@ fuzz_settings = settings(suppress_health_check=[HealthCheck.function_scoped_fixt
 def world(tiny_model, tmp_path_factory):
     """A renderer of the tiny model and a folder with one good screenshot."""
     from pigg.config import build_config
-    from pigg.train.run import load_renderer
+    from pigg.train.build import load_renderer
 
     folder = tmp_path_factory.mktemp("fuzz")
     Image.new("RGB", (320, 240), (200, 210, 220)).save(folder / "screen.png")
@@ -245,7 +245,7 @@ NEWS = {"labels": ["World", "Sports", "Business", "Sci/Tech"], "text_column": "t
 
 def _classification(path: Path):
     from pigg.config import ClassifySection
-    from pigg.data.tables import read_classification
+    from pigg.data.readers.tables import read_classification
 
     return read_classification(path, ClassifySection(**NEWS))
 
@@ -424,7 +424,7 @@ def test_each_damage_kind_stops_validate_and_train_with_file_and_line(
 
 
 def test_an_empty_user_file_is_a_problem_and_an_empty_selection_an_error(tmp_path, tiny_config):
-    from pigg.train.run import prepare_data
+    from pigg.train.build import prepare_data
 
     (tmp_path / "data").mkdir()
     pickle.dump([good_record()["messages"]], (tmp_path / "data" / "user_1.pkl").open("wb"))
@@ -446,7 +446,7 @@ def test_an_unexpected_exception_is_one_line_naming_the_input_and_debug_shows_th
     tiny_model, tmp_path, capsys, monkeypatch
 ):
     """A bug inside a reader (simulated) must not end in a traceback, unless --debug asks for one."""
-    import pigg.data.sources as sources
+    import pigg.data.readers.own as sources
 
     def broken(*args, **kwargs):
         raise KeyError("simulated bug")
@@ -475,7 +475,7 @@ def test_a_damaged_pickle_length_is_refused_before_the_unpickler_allocates_for_i
     first, and the file is refused for what is wrong with it."""
     import tracemalloc
 
-    from pigg.data.sources import safe_load_pickle
+    from pigg.data.readers.own import safe_load_pickle
 
     monkeypatch.chdir(tmp_path)  # the PNG pickles its file name: a relative one keeps the bytes fixed
     Image.new("RGB", (320, 240), (200, 210, 220)).save("screen.png")

@@ -8,10 +8,9 @@ import pytest
 
 from conftest import asset
 from pigg.data.sample import Target
-from pigg.grounding.metrics import ClickScore, breakdown, inside, score_click
-from pigg.grounding.parse import parse_click
 from pigg.models.coords import from_model, processor_resize, to_model
 from pigg.models.families import QWEN2_5_VL, QWEN3_VL
+from pigg.tasks.grounding import ClickScore, breakdown, inside, parse_click, score_click
 
 REAL_SIZES = [(1920, 1080), (2560, 1440), (1170, 2532), (1366, 768), (1280, 800), (3840, 2160)]
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import caught, difference, within
+from pigg.data.readers import read_samples
 from pigg.data.render import IGNORE_INDEX, Renderer
-from pigg.data.sources import read_samples
 from pigg.models.loading import load_model, load_processor
 
 
@@ -65,8 +65,8 @@ def test_a_batch_of_different_tile_counts_has_the_loss_of_its_rows(
 ):
     from PIL import Image
 
+    from pigg.data.readers.rows import normalise_messages
     from pigg.data.sample import Sample
-    from pigg.data.sources import normalise_messages
 
     wide, small = tmp_path / "wide.png", tmp_path / "small.png"
     Image.new("RGB", (256, 128), "red").save(wide)
@@ -103,7 +103,7 @@ def test_a_batch_of_different_tile_counts_has_the_loss_of_its_rows(
 
 
 def test_lora_and_selective_training_on_llamafactory_data_lower_the_loss(tiny_config, tiny_idefics, tmp_path):
-    from pigg.data.synthetic_describe import synthesize_descriptions
+    from pigg.data.synth.describe import synthesize_descriptions
     from pigg.errors import ConfigError
     from pigg.train.run import train
 

@@ -7,8 +7,8 @@ import torch
 
 from pigg.data import image_cache as cache_module
 from pigg.data.image_cache import ImageCache
+from pigg.data.readers import read_samples
 from pigg.data.render import Renderer
-from pigg.data.sources import read_samples
 from pigg.models.families import QWEN3_VL
 from pigg.models.loading import load_processor
 

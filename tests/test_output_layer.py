@@ -9,13 +9,14 @@ import torch
 from conftest import asset, caught, difference, within
 from pigg.config import LoraSection
 from pigg.data.packing import STATS_KEY, TrainingCollator, rope_index_of
+from pigg.data.readers import read_samples
 from pigg.data.render import IGNORE_INDEX, pad_batch
-from pigg.data.sources import read_samples
 from pigg.models.families import QWEN3_VL
 from pigg.models.loading import load_model
 from pigg.models.trainable import apply_method
+from pigg.train.build import load_renderer
 from pigg.train.loss import AUTO_CHUNK_ELEMENTS, causal_lm_loss, resolve_mode
-from pigg.train.run import load_renderer, train
+from pigg.train.run import train
 
 # One loss (~12) and its gradients computed two ways in float32; each tolerance is about the geometric mean
 # of the float noise (the largest difference over the CPU kernels of benchmarks/tolerances.py) and the

@@ -164,7 +164,7 @@ def test_a_missing_extra_is_one_line_naming_it(
 
 def test_deepspeed_and_liger_name_their_extras(tiny_config, monkeypatch):
     from pigg.errors import ConfigError
-    from pigg.train.run import check_approach, liger_enabled
+    from pigg.train.build import check_approach, liger_enabled
 
     for module in (*EXTRAS["deepspeed"], *EXTRAS["liger"]):
         monkeypatch.setitem(sys.modules, module, None)

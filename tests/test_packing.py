@@ -8,7 +8,8 @@ from conftest import caught, difference, within
 from pigg.data.packing import STATS_KEY, TrainingCollator, first_fit, rope_index_of
 from pigg.errors import DataError
 from pigg.models.loading import load_model
-from pigg.train.run import prepare_data, train
+from pigg.train.build import prepare_data
+from pigg.train.run import train
 
 
 def test_first_fit_keeps_rows_under_capacity():

@@ -14,7 +14,8 @@ from pigg.errors import ConfigError
 from pigg.infer import resolve_model
 from pigg.models.loading import load_model, load_processor
 from pigg.publish import merge_run, push_folder
-from pigg.train.run import prepare_data, train
+from pigg.train.build import prepare_data
+from pigg.train.run import train
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,12 @@ import pytest
 from PIL import Image
 
 from pigg.config import ClassifySection
-from pigg.data.formats import detect_format, read_hf, read_llamafactory, read_screenspot
-from pigg.data.sources import read_samples
-from pigg.data.tables import read_classification
+from pigg.data.readers import read_samples
+from pigg.data.readers.chats import read_llamafactory
+from pigg.data.readers.detect import detect_format
+from pigg.data.readers.hf import read_hf
+from pigg.data.readers.screenspot import read_screenspot
+from pigg.data.readers.tables import read_classification
 from pigg.data.validate import validate
 from pigg.errors import DataError
 
@@ -181,7 +184,7 @@ def test_screenspot_boxes_and_sizes_must_be_numbers_that_fit_the_screenshot(tmp_
 
 
 def test_eval_on_a_damaged_screenspot_file_speaks_of_evaluating(tiny_model, tmp_path):
-    from pigg.grounding.evaluate import run_eval
+    from pigg.evaluation.run import run_eval
 
     (tmp_path / "images").mkdir()
     _screen(tmp_path / "images", "pro.png")
@@ -223,7 +226,7 @@ def test_dataset_info_is_validated_as_data_with_key_paths(tmp_path, info, cause)
 def test_bad_image_cells_of_a_hf_dataset_are_problems_at_their_rows(tmp_path, tiny_config):
     import datasets
 
-    from pigg.train.run import load_renderer
+    from pigg.train.build import load_renderer
 
     good = io.BytesIO()
     Image.new("RGB", (320, 240), "red").save(good, format="PNG")

@@ -118,7 +118,7 @@ SELECTIVE = (
 
 
 def test_trainer_builds_the_part_groups(tiny_config, tmp_path):
-    from pigg.train.run import build_run, prepare_data
+    from pigg.train.build import build_run, prepare_data
 
     cfg = tiny_config(*SELECTIVE)
     data = prepare_data(cfg)
@@ -137,7 +137,8 @@ def test_selective_run_saves_its_parts_and_reloads_to_the_same_outputs(tiny_conf
     from safetensors.torch import load_file
 
     from pigg.infer import load_weights, resolve_model
-    from pigg.train.run import prepare_data, train
+    from pigg.train.build import prepare_data
+    from pigg.train.run import train
 
     cfg = tiny_config(*SELECTIVE)
     result = train(cfg)

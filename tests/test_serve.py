@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from pigg.data.readers import read_samples
 from pigg.data.sample import resolve_image_path
-from pigg.data.sources import read_samples
 from pigg.errors import ConfigError
 from pigg.serve.app import ServeSettings, create_app
 from pigg.serve.engine import GLOBAL, Job, ServeEngine, click_messages
@@ -32,7 +32,7 @@ from pigg.serve.server import check_exposure, free_port, vllm_command
 
 @pytest.fixture(scope="module")
 def served_run(trained_run, tmp_path_factory) -> Path:
-    from pigg.grounding.personalize import personalize
+    from pigg.personalize import personalize
 
     run = tmp_path_factory.mktemp("served") / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("users"))
@@ -88,7 +88,7 @@ def client_for(engine, raise_server_exceptions: bool = True, **settings) -> Test
 
 
 def test_click_answers_as_pigg_predict_for_global_and_each_user(served_run, engine, screens, tmp_path):
-    from pigg.grounding.predict import predict_click
+    from pigg.predict import predict_click
 
     image_bytes, instruction, _ = next(s for s in screens if s[2] == "habit")
     path = tmp_path / "screen.png"

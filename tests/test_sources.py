@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pigg.data.sources import read_samples, safe_load_pickle
+from pigg.data.readers import read_samples
+from pigg.data.readers.own import safe_load_pickle
 from pigg.errors import DataError, UnsafePickleError
 
 

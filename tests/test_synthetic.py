@@ -4,8 +4,8 @@ import re
 
 from PIL import Image
 
-from pigg.data.sources import read_samples
-from pigg.data.synthetic import GRID, SCREEN_SIZES, cell_centre
+from pigg.data.readers import read_samples
+from pigg.data.synth.screens import GRID, SCREEN_SIZES, cell_centre
 
 
 def test_synthetic_users_are_read_by_the_real_reader(synth_data):

@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from conftest import asset, caught, difference, within
-from pigg.classification.evaluate import Throughput, answer_log_likelihoods, evaluate_classifier
 from pigg.config import ClassifySection, build_config
 from pigg.data.packing import STATS_KEY, TrainingCollator
+from pigg.data.readers.tables import read_classification
 from pigg.data.render import IGNORE_INDEX, Renderer
-from pigg.data.synthetic_text import LABELS, synthesize_news, vocabulary
-from pigg.data.tables import read_classification
+from pigg.data.synth.news import LABELS, synthesize_news, vocabulary
 from pigg.errors import ConfigError, DataError
+from pigg.evaluation.answers import answer_log_likelihoods, choice_batch, evaluate
 from pigg.models.families import get_family
 from pigg.models.loading import load_model, load_processor
+from pigg.tasks.base import Throughput
+from pigg.tasks.classify import ClassifyTask
 
 NEWS = ClassifySection(labels=list(LABELS))
 
@@ -54,8 +56,8 @@ def text_config(model, train, *overrides, test=None):
 
 
 def test_masking_on_the_real_qwen2_5_template_with_its_default_system_turn():
+    from pigg.data.readers.rows import normalise_messages
     from pigg.data.sample import Sample
-    from pigg.data.sources import normalise_messages
 
     folder = asset("qwen2.5-7b-instruct")
     family = get_family("qwen2")
@@ -111,7 +113,7 @@ def test_tiny_text_model_loads_as_a_causal_lm_and_refuses_vision_parts(tiny_text
 
 
 def test_a_text_model_refuses_samples_with_images(tiny_text_model, synth_data):
-    from pigg.data.sources import read_samples
+    from pigg.data.readers import read_samples
     from pigg.data.validate import validate
 
     family = get_family("qwen2")
@@ -207,7 +209,7 @@ def test_every_bad_row_is_a_problem_naming_file_and_row(tmp_path):
 
 
 def test_a_sample_longer_than_max_length_is_reported_not_truncated(tiny_text_model, tmp_path):
-    from pigg.train.run import prepare_data
+    from pigg.train.build import prepare_data
 
     path = tmp_path / "long.jsonl"
     path.write_text(
@@ -241,7 +243,7 @@ LOG_PROB_TOL = 3e-4
 
 @pytest.mark.parametrize("pack_length", [4096, 512])
 def test_packed_text_batch_has_the_padded_loss(tiny_text_model, news, pack_length):
-    from pigg.train.run import prepare_data
+    from pigg.train.build import prepare_data
 
     cfg = text_config(tiny_text_model, news[0])
     data = prepare_data(cfg, check=False)
@@ -290,17 +292,16 @@ def test_likelihood_scores_each_label_answer_and_picks_the_most_likely(tiny_text
     cfg = text_config(tiny_text_model, news[1])
     agent = Agent.load(resolve_model(str(tiny_text_model)), max_new_tokens=8)
     samples = read_classification(news[1], cfg.classify).samples[:4]
-    generated, likelihood = evaluate_classifier(agent, samples, cfg.classify, ("generate", "likelihood"), 3)
+    task = ClassifyTask(cfg)
+    generated, likelihood = (evaluate(agent, task, samples, 3, mode) for mode in ("generate", "likelihood"))
     # an untrained model's answers are not labels: counted as parse failures, never guessed
-    assert generated.score.parse_failures == sum(p.predicted is None for p in generated.predictions)
-    assert likelihood.score.parse_failures == 0 and likelihood.throughput.items == 4
-    for p in likelihood.predictions:
+    assert generated.metrics.parse_failures == sum(p.predicted is None for p in generated.scores)
+    assert likelihood.metrics.parse_failures == 0 and likelihood.throughput.items == 4
+    for p in likelihood.scores:
         assert p.predicted == max(p.log_likelihoods, key=p.log_likelihoods.get)
 
     # the summed log-likelihood is that of the full forward's log-softmax at the answer's tokens
-    from pigg.classification.evaluate import _candidate_batch
-
-    batch = _candidate_batch(agent, samples[:1], cfg.classify)
+    batch = choice_batch(agent.renderer, task, samples[:1])
     scores = answer_log_likelihoods(agent.model, batch)
     with torch.no_grad():
         logp = agent.model(
@@ -370,8 +371,8 @@ def test_text_lora_run_evaluates_merges_and_plots_from_the_cli(tiny_text_model, 
     answers = []
     for spec in (str(run), str(merged), str(tiny_text_model)):
         agent = Agent.load(resolve_model(spec), max_new_tokens=8)
-        result = evaluate_classifier(agent, samples, NEWS, ("likelihood",), 3)[0]
-        answers.append([p.log_likelihoods for p in result.predictions])
+        result = evaluate(agent, ClassifyTask(cfg), samples, 3, "likelihood")
+        answers.append([p.log_likelihoods for p in result.scores])
     # summed log-probabilities of ~12 tokens: noise 0 (benchmarks/tolerances.py), bug 5.0 (a merge that lost
     # the adapter: the base model's)
     for adapter, full, base in zip(*answers, strict=True):

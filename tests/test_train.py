@@ -101,7 +101,7 @@ def test_eval_split_by_held_out_fraction(tiny_config):
     import pytest
 
     from pigg.errors import ConfigError
-    from pigg.train.run import prepare_data
+    from pigg.train.build import prepare_data
 
     data = prepare_data(tiny_config("train.eval=true", "data.eval_fraction=0.25"))
     again = prepare_data(tiny_config("train.eval=true", "data.eval_fraction=0.25"))
@@ -115,7 +115,7 @@ def test_eval_split_by_held_out_fraction(tiny_config):
 def test_length_grouping_uses_validation_lengths(tiny_config, tmp_path):
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from pigg.train.run import build_run, prepare_data
+    from pigg.train.build import build_run, prepare_data
 
     cfg = tiny_config("train.group_by_length=true")
     data = prepare_data(cfg)
@@ -154,7 +154,7 @@ def test_liger_kernels_only_where_they_run(monkeypatch):
     import importlib.util
 
     from pigg.errors import ConfigError
-    from pigg.train.run import liger_enabled
+    from pigg.train.build import liger_enabled
 
     installed = {"value": True}
     real = importlib.util.find_spec

@@ -7,14 +7,14 @@ import pytest
 from PIL import Image
 
 from pigg.config import build_config
+from pigg.data.readers import read_samples
 from pigg.data.render import Renderer
-from pigg.data.sources import read_samples
 from pigg.data.validate import layout_of, validate
 from pigg.errors import DataError
 from pigg.models.coords import image_token_count
 from pigg.models.families import QWEN3_VL
 from pigg.models.loading import load_processor
-from pigg.train.run import prepare_data
+from pigg.train.build import prepare_data
 
 LONG = " ".join(["please click the big blue button"] * 16)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from pigg.data.synthetic import HABIT_PHRASES
+from pigg.data.synth.screens import HABIT_PHRASES
 from pigg.serve.bench import bench_requests, start_server, wait_ready
 from pigg.serve.server import free_port
 

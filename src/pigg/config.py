@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pigg.errors import ConfigError
+from pigg.recipes import recipe_name, resolve_config
 
 
 class _Section(BaseModel):
@@ -356,9 +358,10 @@ class ClassifySection(_Section):
 
 class ExperimentConfig(_Section):
     run_name: str | None = None
-    # grounding: clicks on screenshots (seeds 000-003); classify: text classification (seed 004), rows
-    # turned into chat samples by the classify section
-    task: Literal["grounding", "classify"] = "grounding"
+    # A task of pigg.tasks.TASKS: grounding, clicks on screenshots (seeds 000-003); classify, text
+    # classification (seed 004), rows turned into chat samples by the classify section; describe, free-text
+    # answers (seed 003). An unknown name is refused when a command starts, before any model loads.
+    task: str = "grounding"
     model: ModelSection
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
@@ -504,8 +507,6 @@ def build_config(
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML recipe (a file, or the name of a shipped one: `pigg recipes`), apply `key=value`
     overrides, validate; relative data/model paths stay as written."""
-    from pigg.recipes import resolve_config
-
     path = resolve_config(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -514,3 +515,30 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, train, lora)")
     return build_config(raw, overrides, source=str(path))
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    name: str
+    about: str
+    model: str
+    method: str
+
+
+def describe_recipe(path: Path) -> RecipeInfo:
+    """What `pigg recipes` shows: the summary line, the model, and how it trains."""
+    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+    about = first.lstrip("#").strip() if first.startswith("#") else ""
+    cfg = load_config(path)
+    method = "qlora (nf4)" if cfg.model.quantization else cfg.train.method
+    if cfg.train.method == "lora" or cfg.model.quantization:
+        method += f" r{cfg.lora.r}/a{cfg.lora.alpha:g}"
+    if cfg.llm.layers != "all":
+        method += f", LLM layers {cfg.llm.layers}"
+    if cfg.vision.method != "frozen":
+        method += f", vision {cfg.vision.method} ({cfg.vision.blocks})"
+    parallel = {"fsdp": "FSDP", "deepspeed": f"DeepSpeed {cfg.train.deepspeed}", "model": "model parallel"}
+    method += f", {parallel[cfg.train.parallel]}" if cfg.train.parallel in parallel else ""
+    if cfg.task != "grounding":
+        method += f", task {cfg.task}"
+    return RecipeInfo(recipe_name(path), about, cfg.model.name, method)

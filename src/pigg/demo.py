@@ -30,10 +30,10 @@ def run_demo(
     `overrides` go on top of the demo_global recipe."""
     import torch
 
-    from pigg.data.synthetic import synthesize
-    from pigg.grounding.evaluate import run_eval
-    from pigg.grounding.personalize import personalize
+    from pigg.data.synth.screens import synthesize
+    from pigg.evaluation.run import run_eval
     from pigg.models.tiny import build_tiny
+    from pigg.personalize import personalize
     from pigg.train.run import train
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -105,11 +105,11 @@ def run_text_demo(
     the demo_text recipe."""
     import torch
 
-    from pigg.classification.evaluate import classify_config, run_classify_eval
-    from pigg.data.synthetic_text import synthesize_news, vocabulary
-    from pigg.infer import base_of, resolve_model
+    from pigg.data.synth.news import synthesize_news, vocabulary
+    from pigg.evaluation.run import run_eval
+    from pigg.infer import resolve_model
     from pigg.models.tiny import build_tiny
-    from pigg.train.run import prepare_data, train
+    from pigg.train.run import train
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     started = time.perf_counter()
@@ -139,18 +139,7 @@ def run_text_demo(
     summary = train(cfg).summary
     print("[5/5] base vs tuned on the held-out articles")
     tuned = resolve_model(str(run_dir))
-    eval_cfg = classify_config(tuned, None, None)
-    samples = prepare_data(eval_cfg, run_dir=run_dir / "eval").train
-    report = json.loads(
-        run_classify_eval(
-            [base_of(tuned), tuned],
-            eval_cfg,
-            samples,
-            run_dir / "eval",
-            ("generate", "likelihood"),
-            cfg.eval.batch_size,
-        ).read_text()
-    )
+    report = json.loads(run_eval(["base", str(run_dir)], mode="both").read_text())
     results = report["results"]
 
     def section(name: str) -> dict:
@@ -189,7 +178,7 @@ def _text_stats(cfg, out: Path) -> dict:
     """Seed 004's data plots for the demo's training and held-out articles."""
     from pigg.data.stats import data_stats
     from pigg.data.validate import validate
-    from pigg.train.run import prepare_data
+    from pigg.train.build import prepare_data
 
     data = prepare_data(
         cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval": True})}), run_dir=out

@@ -56,7 +56,7 @@ def collect() -> dict:
     """The report as a dict (what `pigg env --json` prints)."""
     import torch
 
-    from pigg.train.run import usable_cpus
+    from pigg.train.build import usable_cpus
 
     gpus = []
     if torch.cuda.is_available():

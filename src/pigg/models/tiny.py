@@ -320,7 +320,7 @@ def build_tiny(
     use, where the 152k-token embeddings and output layer are ~98% of the model and most of a step.
 
     `extra_words`: words the small tokenizer of a text-only model learns merges for (the callers pass the
-    synthetic news' `pigg.data.synthetic_text.vocabulary()`; models sit below data and do not import it)."""
+    synthetic news' `pigg.data.synth.news.vocabulary()`; models sit below data and do not import it)."""
     import json
 
     import transformers

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from pigg.errors import ConfigError
@@ -18,14 +17,14 @@ RECIPES = Path(__file__).resolve().parent
 LAUNCH_FOLDERS = ("accelerate", "deepspeed")  # launch configs, not pigg recipes
 
 
-def _name(path: Path) -> str:
+def recipe_name(path: Path) -> str:
     return path.relative_to(RECIPES).with_suffix("").as_posix()
 
 
 def recipe_paths() -> list[Path]:
     """The training recipes, sorted by name."""
     found = [p for p in RECIPES.rglob("*.yaml") if p.relative_to(RECIPES).parts[0] not in LAUNCH_FOLDERS]
-    return sorted(found, key=_name)
+    return sorted(found, key=recipe_name)
 
 
 def launch_config_paths() -> list[Path]:
@@ -38,7 +37,7 @@ def find(name: str) -> Path | None:
     wanted = name.strip().removeprefix("./")
     for path in (*recipe_paths(), *launch_config_paths()):
         relative = path.relative_to(RECIPES).as_posix()
-        if wanted in (relative, _name(path)):
+        if wanted in (relative, recipe_name(path)):
             return path
     return None
 
@@ -51,7 +50,7 @@ def resolve_config(config: str | Path) -> Path:
     shipped = find(str(config))
     if shipped is not None and shipped in recipe_paths():
         return shipped
-    names = [_name(p) for p in recipe_paths()]
+    names = [recipe_name(p) for p in recipe_paths()]
     near = difflib.get_close_matches(str(config).removesuffix(".yaml"), names, n=1, cutoff=0.6)
     raise ConfigError(
         f"config file {config} does not exist, and no recipe is named {config}"
@@ -73,35 +72,6 @@ def deepspeed_config(value: str) -> Path:
     raise ConfigError(f"train.deepspeed: {value} does not exist (pigg ships {shipped}, or give a JSON file)")
 
 
-@dataclass(frozen=True)
-class RecipeInfo:
-    name: str
-    about: str
-    model: str
-    method: str
-
-
-def describe(path: Path) -> RecipeInfo:
-    """What `pigg recipes` shows: the summary line, the model, and how it trains."""
-    from pigg.config import load_config
-
-    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-    about = first.lstrip("#").strip() if first.startswith("#") else ""
-    cfg = load_config(path)
-    method = "qlora (nf4)" if cfg.model.quantization else cfg.train.method
-    if cfg.train.method == "lora" or cfg.model.quantization:
-        method += f" r{cfg.lora.r}/a{cfg.lora.alpha:g}"
-    if cfg.llm.layers != "all":
-        method += f", LLM layers {cfg.llm.layers}"
-    if cfg.vision.method != "frozen":
-        method += f", vision {cfg.vision.method} ({cfg.vision.blocks})"
-    parallel = {"fsdp": "FSDP", "deepspeed": f"DeepSpeed {cfg.train.deepspeed}", "model": "model parallel"}
-    method += f", {parallel[cfg.train.parallel]}" if cfg.train.parallel in parallel else ""
-    if cfg.task != "grounding":
-        method += f", task {cfg.task}"
-    return RecipeInfo(_name(path), about, cfg.model.name, method)
-
-
 def copy(name: str, dest: Path) -> list[Path]:
     """Write an editable copy of a shipped recipe or launch config (into `dest` when it is a folder or a
     name without a suffix, which is then made);
@@ -109,7 +79,7 @@ def copy(name: str, dest: Path) -> list[Path]:
     reference now points there. Refuses to overwrite. Returns the files written."""
     source = find(name)
     if source is None:
-        names = [_name(p) for p in (*recipe_paths(), *launch_config_paths())]
+        names = [recipe_name(p) for p in (*recipe_paths(), *launch_config_paths())]
         near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         raise ConfigError(
             f"no recipe is named {name}" + (f" (did you mean {near[0]}?)" if near else "")

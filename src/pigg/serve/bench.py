@@ -29,12 +29,12 @@ def bench_requests(run_dir: Path, count: int, agents: list[str] | None) -> list[
     import tempfile
 
     from pigg.data.sample import load_image, resolve_image_path
-    from pigg.grounding.evaluate import _eval_config
+    from pigg.evaluation.run import eval_config
     from pigg.infer import resolve_model
     from pigg.serve.engine import GLOBAL, ServeEngine
-    from pigg.train.run import prepare_data
+    from pigg.train.build import prepare_data
 
-    cfg = _eval_config(resolve_model(str(run_dir)), None, None, count)
+    cfg = eval_config(resolve_model(str(run_dir)), "grounding", None, None, count)
     with tempfile.TemporaryDirectory() as scratch:
         samples = prepare_data(cfg, run_dir=Path(scratch)).train
     if not samples:

@@ -30,8 +30,8 @@ from transformers.generation.streamers import BaseStreamer
 from pigg.data.render import prompt_messages
 from pigg.data.sample import Sample
 from pigg.errors import ConfigError
-from pigg.grounding.clicks import Click, read_click
 from pigg.infer import ADAPTER_CONFIG, USERS_DIR, Agent, resolve_model
+from pigg.tasks.grounding import Click, to_click
 
 GLOBAL = "global"
 BASE_ROW = "__base__"  # peft's name, in adapter_names, for a row that runs without any adapter
@@ -305,7 +305,7 @@ class ServeEngine:
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         answers, ends = [], self._end_tokens()
         for job, text, ids, used in zip(jobs, texts, new, prompt_tokens, strict=True):
-            click = read_click(agent, text, job.size) if job.size is not None else None
+            click = to_click(text, job.size, agent.renderer) if job.size is not None else None
             tokens, ended = completion_tokens(ids, ends)
             if job.cancelled.is_set():  # stopped for its client, not by itself: the padding is no end
                 tokens, ended = tokens - ended, False

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from pigg.config import DataSection, ExperimentConfig, TrainSection, load_config
 from pigg.errors import ConfigError, PiggError
-from pigg.train.measure import PeakMemory, human_bytes, machine_line, machine_report, median, timed_run
+from pigg.train.build import timed_run
+from pigg.train.measure import PeakMemory, human_bytes, machine_line, machine_report, median
 
 # Paths run only when named in --paths: torch.compile recompiles for every new sequence length on CPU
 # and takes minutes.
@@ -207,7 +208,7 @@ def _child(queue, config, overrides, samples, warmup, steps, tokens, threads, st
 
     import torch
 
-    from pigg.train.run import PreparedData, load_renderer
+    from pigg.train.build import PreparedData, load_renderer
 
     # as `pigg train` runs here: the parent's thread count, and dataloader workers started the same way
     # (a spawned process would otherwise spawn its workers too)
@@ -270,7 +271,7 @@ def bench(
     """Run the paths interleaved `repeat` times; write OUT/bench.json and OUT/bench.md, return the JSON."""
     import torch
 
-    from pigg.train.run import liger_enabled, load_renderer, prepare_data
+    from pigg.train.build import liger_enabled, load_renderer, prepare_data
 
     base = load_config(config, overrides)
     effective = base.train.batch_size * base.train.grad_accum

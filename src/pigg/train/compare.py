@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pigg.errors import ConfigError
+from pigg.train.build import RUN_SUMMARY
 from pigg.train.control import clock, latest_complete
-from pigg.train.run import RUN_SUMMARY
 
 # TensorBoard's default smoothing: what seed 002 read its "smoothed" columns from.
 SMOOTHING = 0.6

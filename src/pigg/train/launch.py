@@ -166,7 +166,7 @@ def launch(topology: Topology, worker_args: list[str], run_dir: Path) -> int:
             signal.signal(number, handler)
     if code != 0:
         return code
-    from pigg.train.run import RUN_SUMMARY
+    from pigg.train.build import RUN_SUMMARY
 
     summary = run_dir / RUN_SUMMARY  # written by the first node's rank 0
     if summary.is_file() and json.loads(summary.read_text()).get("status") == "stopped":

@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -99,21 +98,6 @@ class StepTimer(TrainerCallback):
         now = self._now()
         self.saves.append(now - self._last)
         self._last = now
-
-
-def timed_run(cfg, data, scratch: Path, **overrides):
-    """(model, trainer, timer): `cfg`'s model and trainer writing to `scratch`, with a StepTimer and no
-    progress lines; `overrides` replace TrainingArguments (max_steps, save_steps, ...)."""
-    from pigg.train.callbacks import ProgressCallback
-    from pigg.train.run import _precision, build_run, check_approach
-
-    cuda, dtype = _precision(cfg)
-    check_approach(cfg, cuda)  # `pigg plan` and `pigg bench` come here, not through train()
-    model, trainer = build_run(cfg, data, scratch, dtype, cuda, **overrides)
-    trainer.remove_callback(ProgressCallback)  # the report is the output
-    timer = StepTimer()
-    trainer.add_callback(timer)
-    return model, trainer, timer
 
 
 def machine_report() -> tuple[dict, dict]:

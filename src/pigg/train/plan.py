@@ -20,8 +20,9 @@ from pathlib import Path
 
 from pigg.config import ExperimentConfig, load_config
 from pigg.errors import ConfigError
+from pigg.train.build import timed_run
 from pigg.train.control import clock
-from pigg.train.measure import PeakMemory, human_bytes, median, timed_run
+from pigg.train.measure import PeakMemory, human_bytes, median
 
 
 def expand_tries(tries: list[str]) -> list[list[str]]:
@@ -117,7 +118,7 @@ def measure(
     Checked data is reused from `data_cache` while the model and data sections stay the same."""
     import torch
 
-    from pigg.train.run import prepare_data
+    from pigg.train.build import prepare_data
 
     started = time.perf_counter()
     world_size = int(os.environ.get("WORLD_SIZE", 1))

@@ -27,8 +27,8 @@ import time as clock
 from pathlib import Path
 
 from pigg.config import load_config, parse_duration
+from pigg.train.build import ATTEMPT_ENV, ATTEMPT_KEY, RUN_SUMMARY
 from pigg.train.control import EXIT_RESUMABLE, JOB_STARTED
-from pigg.train.run import ATTEMPT_ENV, ATTEMPT_KEY, RUN_SUMMARY
 
 DEFAULT_CPUS_PER_GPU = 8
 # a TERM this close to the job's time limit (or later) is SLURM's time limit, not scancel or preemption

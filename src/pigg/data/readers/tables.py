@@ -13,16 +13,15 @@ unknown label, an empty text, a missing column; nothing is guessed or silently d
 
 from __future__ import annotations
 
-import json
 import numbers
 from pathlib import Path
 from typing import Any
 
 from pigg.config import ClassifySection
-from pigg.data.formats import table_rows
 from pigg.data.labels import format_label, parse_label
+from pigg.data.readers.hf import table_rows
+from pigg.data.readers.rows import ReadResult, _unicode, json_rows, normalise_messages
 from pigg.data.sample import Problem, Sample
-from pigg.data.sources import ReadResult, _strict_json, _unicode, normalise_messages
 from pigg.errors import DataError
 
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
@@ -114,30 +113,18 @@ def chat_to_sample(record: dict[str, Any], source: str, spec: ClassifySection, b
 
 
 def _jsonl_rows(path: Path, spec: ClassifySection) -> ReadResult:
-    samples, problems = [], []
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
-    for line_no, raw in enumerate(lines, start=1):
-        source = f"{path}:{line_no}"
+    rows, problems = json_rows(path)
+    samples = []
+    for row in rows:
         try:
-            line = raw.decode("utf-8")
-            if not line.strip():
-                continue
-            record = _strict_json(line)
-            if not isinstance(record, dict):
-                raise ValueError(f"a JSON {type(record).__name__}, not an object")
-            if "messages" in record:
-                samples.append(chat_to_sample(record, source, spec, path.parent))
+            if not isinstance(row.value, dict):
+                raise ValueError(f"a JSON {type(row.value).__name__}, not an object")
+            if "messages" in row.value:
+                samples.append(chat_to_sample(row.value, row.source, spec, path.parent))
             else:
-                samples.append(row_to_sample(record, source, spec))
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(source, f"malformed line: not valid UTF-8 (byte {exc.start})"))
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(source, f"malformed line: not valid JSON ({exc.msg})"))
+                samples.append(row_to_sample(row.value, row.source, spec))
         except (ValueError, TypeError) as exc:
-            problems.append(Problem(source, f"malformed row: {exc}"))
+            problems.append(Problem(row.source, f"malformed row: {exc}"))
     return ReadResult(samples, problems)
 
 

@@ -50,20 +50,21 @@ def bench_eval(
 ) -> Path:
     """Time every batch size `repeat` times, interleaved; write OUT/bench_eval.json and .md, return the
     JSON's path."""
-    from pigg.grounding.clicks import click_samples
-    from pigg.grounding.evaluate import _eval_config, _run_task, score_clicks
+    from pigg.evaluation.answers import click_samples
+    from pigg.evaluation.run import eval_config, run_task
     from pigg.infer import Agent, resolve_model
-    from pigg.train.run import prepare_data
+    from pigg.tasks.grounding import GroundingTask
+    from pigg.train.build import prepare_data
 
     if not batch_sizes or min(batch_sizes) < 1 or repeat < 1:
         raise ConfigError(f"--batch-sizes must be positive integers and --repeat >= 1, not {batch_sizes}")
     ref = resolve_model(model, adapter, user)
-    if _run_task(ref) == "classify":
+    if run_task(ref) != "grounding":
         raise ConfigError(
-            f"{model} is a classification run: its throughput (items/s, latency p50/p95, tokens/s) is in "
+            f"{model} is a {run_task(ref)} run: its throughput (items/s, latency p50/p95, tokens/s) is in "
             "`pigg eval`'s report; vary --batch-size there"
         )
-    cfg = _eval_config(ref, data, users, max_samples)
+    cfg = eval_config(ref, "grounding", data, users, max_samples)
     with tempfile.TemporaryDirectory(prefix="pigg_bench_eval_") as scratch:
         prepared = prepare_data(cfg, run_dir=Path(scratch))
     samples = prepared.train
@@ -103,7 +104,8 @@ def bench_eval(
         result.image_tokens_per_second = round(result.screens_per_second * image_tokens, 1)
         generated = sum(len(tokenizer(c.raw, add_special_tokens=False)["input_ids"]) for c in clicks)
         result.answer_tokens_per_second = round(result.screens_per_second * generated / len(samples), 1)
-        scores = score_clicks(samples, clicks, cfg.eval.radius)
+        task = GroundingTask(cfg)
+        scores = [task.score(c, s, agent.renderer) for c, s in zip(clicks, samples, strict=True)]
         result.accuracy = round(sum(s.hit for s in scores) / len(scores), 4)
         same = sum(a.raw == b.raw for a, b in zip(clicks, answers[baseline], strict=True))
         result.agreement_with_baseline = round(same / len(samples), 4)

@@ -1,4 +1,4 @@
-"""Readers: per-user pickle files (seed 000's format) and JSONL, both selecting users by id.
+"""pigg's own formats: per-user pickle files (seed 000's format) and JSONL, both selecting users by id.
 
 Pickles go through a restricted unpickler: only the globals that plain sample data needs (builtin
 containers, PIL images, numpy arrays) may be named; anything else (os.system, subprocess, eval...) is
@@ -8,20 +8,17 @@ refused before it can run.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 import pickletools
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pigg.data.readers.rows import PLACEHOLDER, ReadResult, json_rows, normalise_messages
 from pigg.data.sample import Problem, Sample, Target
 from pigg.errors import DataError, UnsafePickleError, reading
 
-ROLES = ("system", "user", "assistant")
-PLACEHOLDER = "<image>"  # where LLaMA-Factory's and ms-swift's rows put an image in the text
 USER_FILE = re.compile(r"user_(\d+)\.pkl")
 
 _SAFE_GLOBALS = {
@@ -99,63 +96,6 @@ def safe_load_pickle(path: Path) -> Any:
         raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable pickle: {type(exc).__name__}: {exc}") from None
-
-
-@dataclass
-class ReadResult:
-    samples: list[Sample]
-    problems: list[Problem]
-
-
-def _unicode(text: str, where: str) -> str:
-    """`text` if it is valid Unicode: a lone surrogate (from a JSON escape, or a mis-decoded file) would
-    only fail later, inside the tokenizer."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"{where} is not valid Unicode (a lone surrogate at character {exc.start})"
-        ) from None
-    return text
-
-
-def normalise_messages(raw: Any) -> list[dict[str, Any]]:
-    """Bring a message list to the normalised form; raise ValueError naming what is malformed.
-
-    A content item is a dict with "type" "image" or "text"; an item without "type" is read by its key
-    ("image" or "text"), as several tools write them."""
-    if not isinstance(raw, list) or not raw:
-        raise ValueError(f"messages must be a non-empty list of turns, got {type(raw).__name__}")
-    out = []
-    for t, turn in enumerate(raw):
-        if not isinstance(turn, dict):
-            raise ValueError(f"turn {t} is a {type(turn).__name__}, not a dict with 'role' and 'content'")
-        role = turn.get("role")
-        if role not in ROLES:
-            raise ValueError(f"turn {t} has role {role!r}; expected one of {', '.join(ROLES)}")
-        content = turn.get("content")
-        if isinstance(content, str):
-            items = [{"type": "text", "text": _unicode(content, f"turn {t} text")}]
-        elif isinstance(content, list):
-            items = []
-            for i, item in enumerate(content):
-                if isinstance(item, dict) and (item.get("type") == "image" or "image" in item):
-                    image = item.get("image")
-                    if image is None:
-                        raise ValueError(f"turn {t} item {i} is an image with no 'image' value")
-                    if isinstance(image, str):
-                        _unicode(image, f"turn {t} item {i} image path")
-                    items.append({"type": "image", "image": image})
-                elif isinstance(item, dict) and (item.get("type") == "text" or "text" in item):
-                    if not isinstance(item.get("text"), str):
-                        raise ValueError(f"turn {t} item {i} has a non-string 'text'")
-                    items.append({"type": "text", "text": _unicode(item["text"], f"turn {t} item {i} text")})
-                else:
-                    raise ValueError(f"turn {t} item {i} is neither an image nor a text item: {item!r:.80}")
-        else:
-            raise ValueError(f"turn {t} content must be a string or a list, got {type(content).__name__}")
-        out.append({"role": role, "content": items})
-    return out
 
 
 OTHER_FORMAT = "this row looks like LLaMA-Factory's or ms-swift's: set data.format=llamafactory (or swift)"
@@ -236,15 +176,6 @@ def read_pickle_dir(folder: Path, users: list[int] | None) -> ReadResult:
     return result
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _strict_json(line: str):
-    """json.loads, refusing NaN and Infinity (Python's json accepts them; JSON has no such numbers)."""
-    return json.loads(line, parse_constant=_no_constant)
-
-
 def _user_id(value: Any) -> int | None:
     if value is None:
         return None
@@ -257,91 +188,33 @@ def read_jsonl(path: Path, users: list[int] | None) -> ReadResult:
     """One sample per line, an object with "messages" (and "user_id", "target"); every line that is not
     one is a problem at file:line, and so is a selected user with no line."""
     wanted = set(users) if users is not None else None
-    problems: list[Problem] = []
+    rows, problems = json_rows(path)
     seen: set[int] = set()
-    try:
-        lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
 
     def records():
-        for line_no, raw in enumerate(lines, start=1):
-            source = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                problems.append(Problem(source, f"malformed line: not valid UTF-8 (byte {exc.start})"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                record = _strict_json(line)
-            except ValueError as exc:
-                cause = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-                problems.append(Problem(source, f"malformed line: not valid JSON ({cause})"))
-                continue
-            if not isinstance(record, dict):
+        for row in rows:
+            if not isinstance(row.value, dict):
                 problems.append(
-                    Problem(source, f"malformed line: a JSON {type(record).__name__}, not an object")
+                    Problem(row.source, f"malformed line: a JSON {type(row.value).__name__}, not an object")
                 )
                 continue
             try:
-                user_id = _user_id(record.get("user_id"))
+                user_id = _user_id(row.value.get("user_id"))
             except ValueError as exc:
-                problems.append(Problem(source, f"malformed sample: {exc}"))
+                problems.append(Problem(row.source, f"malformed sample: {exc}"))
                 continue
             if wanted is not None:
                 if user_id is None:
-                    problems.append(Problem(source, "no user_id, but the config selects users"))
+                    problems.append(Problem(row.source, "no user_id, but the config selects users"))
                     continue
                 if user_id not in wanted:
                     continue
                 seen.add(user_id)
-            yield record, source, path.parent, user_id
+            yield row.value, row.source, path.parent, user_id
 
     result = _collect(records())
     result.problems[:0] = problems
     missing = sorted(wanted - seen) if wanted is not None else []
     if missing:
         result.problems.append(Problem(str(path), f"no sample for selected user(s) {missing}"))
-    return result
-
-
-def read_samples(
-    path: str | Path,
-    users: list[int] | None,
-    fmt: str = "auto",
-    dataset: str | None = None,
-    images: str | None = None,
-) -> ReadResult:
-    """Read `path` in its format (`fmt`, or detected: data.formats), keeping only `users` (None: all).
-
-    pigg's own: a folder of user_<id>.pkl files or a .jsonl file. The others (LLaMA-Factory, ms-swift,
-    Hugging Face datasets, ScreenSpot) carry no user ids unless their rows have a `user_id`."""
-    from pigg.data import formats
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"data.path {path} does not exist")
-    fmt = formats.detect_format(path) if fmt == "auto" else fmt
-    if fmt == "pigg":
-        if path.is_dir():
-            return read_pickle_dir(path, users)
-        if path.is_file() and path.suffix == ".jsonl":
-            return read_jsonl(path, users)
-        raise DataError(f"data.path {path} is neither a folder of user_<id>.pkl files nor a .jsonl file")
-    if fmt in ("llamafactory", "swift"):
-        result = formats.read_llamafactory(path, dataset)
-    elif fmt == "hf":
-        result = formats.read_hf(path)
-    elif fmt == "screenspot":
-        result = formats.read_screenspot(path, images)
-    else:
-        raise DataError(f"data.format {fmt!r} is not one pigg reads")
-    if users is not None:
-        if not any(s.user_id is not None for s in result.samples):
-            raise DataError(
-                f"{path} ({fmt}) has no user ids: select every sample (data.train_users: all) or add user_id"
-            )
-        result.samples = [s for s in result.samples if s.user_id in users]
     return result

@@ -27,10 +27,10 @@ from pigg.config import ExperimentConfig, PersonalizeSection, load_config, parse
 from pigg.data.render import Renderer
 from pigg.data.sample import Sample
 from pigg.errors import ConfigError, DataError
-from pigg.grounding.evaluate import EvalSettings, ModelEval, evaluate_agent
-from pigg.grounding.metrics import summarize
-from pigg.grounding.report import write_report
+from pigg.evaluation.answers import evaluate
 from pigg.infer import USERS_DIR, Agent, base_of, load_weights, resolve_model
+from pigg.tasks.base import ModelResult
+from pigg.tasks.grounding import GroundingTask, summarize, write_report
 
 RESULTS = "personalization.json"
 PHASES = ("zero_shot", "global", "personalized")
@@ -178,11 +178,18 @@ def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: Pers
     return result.training_loss
 
 
-def _concat(label: str, parts: list[ModelEval]) -> ModelEval:
-    return ModelEval(label, [s for p in parts for s in p.scores], seconds=sum(p.seconds for p in parts))
+def evaluate_agent(agent: Agent, samples: list[Sample], task: GroundingTask) -> ModelResult:
+    """A loaded agent's clicks on `samples`, scored by the run's eval settings."""
+    agent.max_new_tokens = task.cfg.eval.max_new_tokens
+    return evaluate(agent, task, samples, task.cfg.eval.batch_size)
 
 
-def _accuracy_table(splits: list[UserSplit], evals: dict[str, ModelEval]) -> dict:
+def _concat(task: GroundingTask, label: str, parts: list[ModelResult]) -> ModelResult:
+    scores = [s for p in parts for s in p.scores]
+    return ModelResult(label, scores, task.aggregate(scores), seconds=sum(p.seconds for p in parts))
+
+
+def _accuracy_table(splits: list[UserSplit], evals: dict[str, ModelResult]) -> dict:
     """user → samples and each phase's accuracy, overall and per kind; plus the overall rows."""
     table: dict = {"users": {}, "overall": {}, "per_kind": {}}
     kinds = sorted({s.kind for s in evals["global"].scores})
@@ -307,14 +314,14 @@ def _forgetting(table: dict, tolerance: float) -> dict[str, list[str]]:
 @dataclass
 class Personalization:
     """What every user's adaptation needs, prepared once: the config, the data, each user's split, the
-    replay pool (the global run's own training samples) and the eval settings."""
+    replay pool (the global run's own training samples) and the task scoring clicks by the eval settings."""
 
     run_dir: Path
     cfg: ExperimentConfig
-    data: object  # pigg.train.run.PreparedData
+    data: object  # pigg.train.build.PreparedData
     splits: list[UserSplit]
     pool: list[Sample]
-    settings: EvalSettings
+    task: GroundingTask
 
     @property
     def test_all(self) -> list[Sample]:
@@ -326,7 +333,7 @@ def prepare_personalization(
 ) -> Personalization:
     """Read the run's config (+ overrides), check the users are held out and split their samples; the
     replay pool is read when `replay_pool` (default: when the config replays)."""
-    from pigg.train.run import RUN_CONFIG, prepare_data
+    from pigg.train.build import RUN_CONFIG, prepare_data
 
     run_dir = Path(run_dir)
     if not (run_dir / RUN_CONFIG).exists():
@@ -355,10 +362,7 @@ def prepare_personalization(
     if replay_pool or (replay_pool is None and p.replay_ratio > 0):
         global_cfg.train.eval = False
         pool = prepare_data(global_cfg, run_dir=out).train
-    settings = EvalSettings(
-        cfg.eval.batch_size, cfg.eval.radius, cfg.eval.max_new_tokens, image_cache=cfg.data.image_cache
-    )
-    return Personalization(run_dir, cfg, data, splits, pool, settings)
+    return Personalization(run_dir, cfg, data, splits, pool, GroundingTask(cfg))
 
 
 def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
@@ -366,8 +370,8 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     from pigg.train.distill import REPLAY_META
 
     prep = prepare_personalization(run_dir, overrides)
-    run_dir, cfg, data, splits, pool, settings = (
-        prep.run_dir, prep.cfg, prep.data, prep.splits, prep.pool, prep.settings
+    run_dir, cfg, data, splits, pool, task = (
+        prep.run_dir, prep.cfg, prep.data, prep.splits, prep.pool, prep.task
     )  # fmt: skip
     p, out, test_all = cfg.personalize, prep.run_dir / USERS_DIR, prep.test_all
     print(
@@ -377,15 +381,15 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     )
 
     global_ref = resolve_model(str(run_dir))
-    evals: dict[str, ModelEval] = {}
-    zero_shot = Agent.load(base_of(global_ref), None, settings.max_new_tokens, settings.image_cache)
-    evals["zero_shot"] = evaluate_agent(zero_shot, test_all, settings)
+    evals: dict[str, ModelResult] = {}
+    zero_shot = Agent.load(base_of(global_ref), None, cfg.eval.max_new_tokens, cfg.data.image_cache)
+    evals["zero_shot"] = evaluate_agent(zero_shot, test_all, task)
     del zero_shot
     gc.collect()
 
     # The global model, loaded once; every user's adapter is added to it, trained, saved and removed.
     agent = Agent(load_weights(global_ref), data.processor, data.renderer, label="global")
-    evals["global"] = evaluate_agent(agent, test_all, settings)
+    evals["global"] = evaluate_agent(agent, test_all, task)
     config = user_lora_config(agent.model, data.family, p)  # targets named on the unwrapped model
     adapters = UserAdapters(agent.model, config)
     parts, costs = [], {}
@@ -400,11 +404,11 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
         )
         costs[name] = _train_measured(model, data.renderer, samples, p, cfg.train.seed)
         agent.model, agent.label = model, f"user {name}"
-        parts.append(evaluate_agent(agent, split.test, settings))
+        parts.append(evaluate_agent(agent, split.test, task))
         model.peft_config[name].base_model_name_or_path = str(run_dir)
         model.save_pretrained(str(out), selected_adapters=[name])
         costs[name]["adapter_bytes"] = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
-    evals["personalized"] = _concat("personalized", parts)
+    evals["personalized"] = _concat(task, "personalized", parts)
     if splits:
         costs[str(splits[-1].user_id)].update(_switch_ms(adapters, out / str(splits[0].user_id)))
 
@@ -412,7 +416,7 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     table["costs"] = costs
     table["forgetting"] = _forgetting(table, p.forget_tolerance)
     if p.budgets:
-        table["curve"] = _budget_curve(agent, adapters, splits, pool, p, cfg.train.seed, settings)
+        table["curve"] = _budget_curve(agent, adapters, splits, pool, p, cfg.train.seed, task)
         table["curve"]["full"] = {  # the saved adapters, trained on every adapt sample
             "samples": max(len(s.adapt) for s in splits),
             "all": table["overall"]["personalized"],
@@ -425,7 +429,7 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
         "eval": cfg.eval.model_dump(),
     }
     for phase in PHASES:
-        evals[phase].label = phase
+        evals[phase].model = phase
     write_report([evals[ph] for ph in PHASES], test_all, out / "eval", table["settings"])
     (out / "personalization.md").write_text(markdown(table))
     path = out / RESULTS
@@ -440,7 +444,7 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     return path
 
 
-def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, settings) -> dict:
+def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, task) -> dict:
     """Per budget: every user's fresh adapter on that many of their adapt samples (replay in the same
     ratio), evaluated on the same test screens; accuracy per kind (personalized)."""
     curve: dict = {}
@@ -453,7 +457,7 @@ def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, set
             print(f"user {split.user_id}: budget {budget} ({len(adapt)} samples)")
             train_user_adapter(model, agent.renderer, adaptation_samples(part, pool, p, seed), p, seed)
             agent.model = model
-            parts.append(evaluate_agent(agent, split.test, settings))
+            parts.append(evaluate_agent(agent, split.test, task))
         scores = [s for part in parts for s in part.scores]
         kinds = sorted({s.kind for s in scores})
         curve[str(budget)] = {

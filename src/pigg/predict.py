@@ -9,14 +9,26 @@ from pathlib import Path
 from PIL import ImageDraw
 
 from pigg.data.sample import load_image
-from pigg.grounding.clicks import Click, click
 from pigg.infer import Agent, resolve_model
+from pigg.tasks.grounding import Click, to_click
 
 
 @dataclass
 class Prediction:
     click: Click
     png: Path
+
+
+def click(agent: Agent, image, instruction: str) -> Click:
+    """Where to click on `image` for `instruction` (seed 001's test_model.py)."""
+    prompt = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": instruction}],
+        }
+    ]
+    raw = agent.generate_text(agent.prompt_inputs([prompt], [[image]]))[0]
+    return to_click(raw, image.size, agent.renderer)
 
 
 def draw_click(image, click: Click, path: Path) -> Path:
