@@ -55,3 +55,23 @@ def test_screen_size_can_be_fixed_from_the_command_line(tmp_path):
     assert [Image.open(out / s.image_refs()[0]).size for s in samples] == [(1280, 800)] * 4
     bad = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "e"), "--screen", "1280by800"])
     assert bad.exit_code != 0 and "1280by800" in str(bad.exception or bad.output)
+
+
+def test_the_free_layout_puts_targets_of_varied_sizes_anywhere(tmp_path):
+    """Where a click reward has something to teach: targets off the grid, of many sizes, icons among them."""
+    from pigg.data.synth.screens import synthesize
+
+    folder = synthesize(tmp_path / "free", users=3, per_user=20, seed=5, layout="free")
+    samples = read_samples(folder, users=None).samples
+    answers, widths = set(), set()
+    for sample in samples:
+        image = Image.open(folder / sample.image_refs()[0])
+        x1, y1, x2, y2 = sample.target.box
+        assert 0 <= x1 < x2 <= image.width and 0 < y1 < y2 <= image.height
+        rx, ry = map(int, re.fullmatch(r"\((\d+), (\d+)\)", sample.answer()).groups())
+        assert x1 <= rx / 1000 * image.width <= x2 and y1 <= ry / 1000 * image.height <= y2
+        answers.add(sample.answer())
+        widths.add(round((x2 - x1) / image.width, 2))
+    assert len(answers) > 50 and len(widths) > 20  # continuous positions and sizes, not nine cells
+    assert {s.meta["kind"] for s in samples} == {"habit", "generic"}
+    assert any(s.instruction().endswith(" icon") for s in samples)

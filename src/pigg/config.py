@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pigg.errors import ConfigError
-from pigg.recipes import recipe_name, resolve_config
+from pigg.recipes import resolve_config
 
 
 class _Section(BaseModel):
@@ -89,6 +88,8 @@ class ModelSection(_Section):
     # computed in bf16 (fp32 on CPU); the vision tower, aligner, embeddings and lm_head stay unquantized.
     # Needs LoRA on the LLM: quantized weights cannot be trained themselves.
     quantization: Literal["nf4"] | None = None
+    # a pigg run (adapter or full weights) to start from: `train.stage: grpo` after SFT
+    init_from: str | None = None
 
 
 class DataSection(_Section):
@@ -157,6 +158,8 @@ class LoraSection(_Section):
 
 class TrainSection(_Section):
     method: Literal["lora", "full"] = "lora"
+    # sft: imitation of the answers; grpo: reinforcement with the task's rewards (the rl section)
+    stage: Literal["sft", "grpo"] = "sft"
     output_dir: str = "runs/run"
     learning_rate: float = Field(1e-6, gt=0, description="the LLM's; the other parts default to it")
     vision_lr: float | None = Field(None, gt=0, description="the vision blocks' (seed 002's vit_lr)")
@@ -356,6 +359,21 @@ class ClassifySection(_Section):
         return value
 
 
+class RlSection(_Section):
+    """`train.stage: grpo`: TRL's GRPO. Each prompt gets `num_generations` sampled answers, scored by the
+    task's rewards (name: weight; default the task's own) and compared within their group."""
+
+    num_generations: int = Field(4, description="answers sampled per prompt (2 or more)")
+    max_completion_length: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.0, ge=0, description="weight of the KL to the starting model; 0 loads no reference")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    epsilon: float = Field(0.2, gt=0, description="the policy ratio's clip")
+    rewards: dict[str, float] | None = None
+    use_vllm: bool = False  # generation by vLLM on a GPU (colocate: in the training process)
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+
+
 class ExperimentConfig(_Section):
     run_name: str | None = None
     # A task of pigg.tasks.TASKS: grounding, clicks on screenshots (seeds 000-003); classify, text
@@ -373,6 +391,7 @@ class ExperimentConfig(_Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     personalize: PersonalizeSection = Field(default_factory=PersonalizeSection)
     classify: ClassifySection | None = None
+    rl: RlSection = Field(default_factory=RlSection)
 
     @model_validator(mode="after")
     def _task_has_its_section(self) -> ExperimentConfig:
@@ -380,6 +399,30 @@ class ExperimentConfig(_Section):
             raise ValueError("task: classify needs a classify section with at least classify.labels")
         if self.task != "classify" and self.classify is not None:
             raise ValueError("a classify section is set but task is grounding; set task: classify")
+        return self
+
+    @model_validator(mode="after")
+    def _rl_groups_fit_the_batch(self) -> ExperimentConfig:
+        if self.train.stage != "grpo":
+            return self
+        if self.train.eval:
+            raise ValueError(
+                "train.eval=true with train.stage=grpo: a GRPO run logs its rewards; set "
+                "train.eval=false and evaluate the run with `pigg eval RUN`"
+            )
+        n, batch, accum = self.rl.num_generations, self.train.batch_size, self.train.grad_accum
+        if n < 2:
+            raise ValueError(
+                f"rl.num_generations={n}: GRPO compares several answers to one prompt; set it to 2 or more "
+                "(4 to 8 is usual)"
+            )
+        if (batch * accum) % n:
+            fits = max(n, batch - batch % n)
+            raise ValueError(
+                f"train.batch_size x train.grad_accum ({batch} x {accum}) must be a multiple of "
+                f"rl.num_generations ({n}): a prompt's answers are generated and compared together; set "
+                f"train.batch_size={fits} (it counts answers: {fits // n} prompt(s) of {n} answers each)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -515,30 +558,3 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, train, lora)")
     return build_config(raw, overrides, source=str(path))
-
-
-@dataclass(frozen=True)
-class RecipeInfo:
-    name: str
-    about: str
-    model: str
-    method: str
-
-
-def describe_recipe(path: Path) -> RecipeInfo:
-    """What `pigg recipes` shows: the summary line, the model, and how it trains."""
-    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-    about = first.lstrip("#").strip() if first.startswith("#") else ""
-    cfg = load_config(path)
-    method = "qlora (nf4)" if cfg.model.quantization else cfg.train.method
-    if cfg.train.method == "lora" or cfg.model.quantization:
-        method += f" r{cfg.lora.r}/a{cfg.lora.alpha:g}"
-    if cfg.llm.layers != "all":
-        method += f", LLM layers {cfg.llm.layers}"
-    if cfg.vision.method != "frozen":
-        method += f", vision {cfg.vision.method} ({cfg.vision.blocks})"
-    parallel = {"fsdp": "FSDP", "deepspeed": f"DeepSpeed {cfg.train.deepspeed}", "model": "model parallel"}
-    method += f", {parallel[cfg.train.parallel]}" if cfg.train.parallel in parallel else ""
-    if cfg.task != "grounding":
-        method += f", task {cfg.task}"
-    return RecipeInfo(recipe_name(path), about, cfg.model.name, method)

@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "deepspeed": ("deepspeed",),
     "liger": ("liger_kernel",),
     "vllm": ("vllm",),
+    "rl": ("trl",),
 }
 
 

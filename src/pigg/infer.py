@@ -19,9 +19,16 @@ from PIL import Image
 
 from pigg.data.render import Renderer, render_text
 from pigg.errors import ConfigError
-from pigg.models.loading import load_model, load_processor, looks_local, resolve_family
+from pigg.models.loading import (
+    ADAPTER_CONFIG,
+    adapter_chain,
+    load_model,
+    load_processor,
+    looks_local,
+    merge_adapters,
+    resolve_family,
+)
 
-ADAPTER_CONFIG = "adapter_config.json"
 USERS_DIR = "users"
 
 
@@ -41,14 +48,6 @@ class ModelRef:
             if (Path(candidate) / "pigg_run.json").exists():
                 return Path(candidate)
         return None
-
-
-def _adapter_base(folder: Path) -> str:
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ConfigError(f"{folder / ADAPTER_CONFIG} does not name its base model")
-    return base
 
 
 def _has_processor(folder: Path, text_only: bool = False) -> bool:
@@ -74,25 +73,12 @@ def user_adapter_dir(run_dir: Path, user: int) -> Path:
     return Path(run_dir) / USERS_DIR / str(user)
 
 
-def _adapter_chain(spec: str) -> tuple[str, list[str]]:
-    """(base weights, adapters from the innermost out) of a folder that may be an adapter over an adapter
-    (a user's adapter over a LoRA global run over the base model)."""
-    adapters: list[str] = []
-    current = spec
-    while (Path(current) / ADAPTER_CONFIG).exists():
-        if current in adapters or len(adapters) > 8:
-            raise ConfigError(f"{spec}: adapters name each other as base models in a loop")
-        adapters.insert(0, current)
-        current = _adapter_base(Path(current))
-    return current, adapters
-
-
 def resolve_model(spec: str, adapter: str | None = None, user: int | None = None) -> ModelRef:
     """Turn `--model SPEC [--adapter PATH] [--user ID]` into a ModelRef; errors name what is missing."""
     folder = Path(spec)
     if looks_local(spec) and not folder.is_dir():
         raise ConfigError(f"model folder {spec} does not exist")
-    base, adapters = _adapter_chain(spec)
+    base, adapters = adapter_chain(spec)
     if adapter is not None:
         if not (Path(adapter) / ADAPTER_CONFIG).exists():
             raise ConfigError(f"--adapter {adapter}: no {ADAPTER_CONFIG} there")
@@ -134,12 +120,8 @@ def default_dtype() -> torch.dtype:
 
 def load_weights(ref: ModelRef, dtype: torch.dtype | None = None):
     """The model of `ref`, every adapter merged into the weights in order."""
-    from peft import PeftModel
-
     model = load_model(ref.base, dtype or default_dtype(), "auto" if torch.cuda.is_available() else None)
-    for path in ref.adapters:
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    return model.eval()
+    return merge_adapters(model, ref.adapters).eval()
 
 
 def system_turns_of(ref: ModelRef) -> str:

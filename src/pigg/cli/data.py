@@ -118,7 +118,11 @@ def data_synth(
     habit_fraction: Annotated[float, typer.Option(help="share of samples that use a personal habit")] = 0.3,
     seed: int = 0,
     layout: Annotated[
-        str, typer.Option(help="random: buttons anywhere; fixed: each label on its own cell")
+        str,
+        typer.Option(
+            help="random: a button on any cell of a 3x3 grid; fixed: each label on its own cell; free: "
+            "elements of varied sizes at continuous positions"
+        ),
     ] = "random",
     screen: Annotated[
         list[str] | None, typer.Option(help="screenshot size WxH, e.g. 1280x800 (repeatable; default: mixed)")
@@ -129,8 +133,8 @@ def data_synth(
 
     from pigg.data.synth.screens import synthesize
 
-    if layout not in ("random", "fixed"):
-        raise PiggError(f"--layout {layout!r}: use 'random' or 'fixed'")
+    if layout not in ("random", "fixed", "free"):
+        raise PiggError(f"--layout {layout!r}: use random, fixed or free")
     sizes = []
     for text in screen or []:
         match = re.fullmatch(r"(\d+)x(\d+)", text.strip())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pigg.cli.apps import app, recipes_app
+from pigg.recipes import recipe_name
 
 
 @app.command("env")
@@ -31,7 +33,6 @@ def recipes_list(
         return
     from dataclasses import asdict
 
-    from pigg.config import describe_recipe
     from pigg.recipes import RECIPES, launch_config_paths, recipe_paths
 
     infos = [describe_recipe(p) for p in recipe_paths()]
@@ -59,3 +60,34 @@ def recipes_copy(
 
     for path in copy(name, dest):
         print(path)
+
+
+@dataclass(frozen=True)
+class RecipeInfo:
+    name: str
+    about: str
+    model: str
+    method: str
+
+
+def describe_recipe(path: Path) -> RecipeInfo:
+    """What `pigg recipes` shows: the summary line, the model, and how it trains."""
+    from pigg.config import load_config
+
+    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
+    about = first.lstrip("#").strip() if first.startswith("#") else ""
+    cfg = load_config(path)
+    method = "qlora (nf4)" if cfg.model.quantization else cfg.train.method
+    if cfg.train.method == "lora" or cfg.model.quantization:
+        method += f" r{cfg.lora.r}/a{cfg.lora.alpha:g}"
+    if cfg.llm.layers != "all":
+        method += f", LLM layers {cfg.llm.layers}"
+    if cfg.vision.method != "frozen":
+        method += f", vision {cfg.vision.method} ({cfg.vision.blocks})"
+    parallel = {"fsdp": "FSDP", "deepspeed": f"DeepSpeed {cfg.train.deepspeed}", "model": "model parallel"}
+    method += f", {parallel[cfg.train.parallel]}" if cfg.train.parallel in parallel else ""
+    if cfg.train.stage != "sft":
+        method += f", {cfg.train.stage.upper()} ({cfg.rl.num_generations} answers per prompt)"
+    if cfg.task != "grounding":
+        method += f", task {cfg.task}"
+    return RecipeInfo(recipe_name(path), about, cfg.model.name, method)

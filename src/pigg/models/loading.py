@@ -224,3 +224,38 @@ def load_model(
         return auto.from_pretrained(name_or_path, **kwargs)
     except OSError as exc:
         raise ConfigError(f"cannot load model weights from {name_or_path!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------- adapters over a base
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(folder: Path) -> str:
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{folder / ADAPTER_CONFIG} does not name its base model")
+    return base
+
+
+def adapter_chain(spec: str) -> tuple[str, list[str]]:
+    """(base weights, adapters from the innermost out) of a folder that may be an adapter over an adapter
+    (a user's adapter over a LoRA global run over the base model)."""
+    adapters: list[str] = []
+    current = spec
+    while (Path(current) / ADAPTER_CONFIG).exists():
+        if current in adapters or len(adapters) > 8:
+            raise ConfigError(f"{spec}: adapters name each other as base models in a loop")
+        adapters.insert(0, current)
+        current = adapter_base(Path(current))
+    return current, adapters
+
+
+def merge_adapters(model, adapters):
+    """`model` with each LoRA adapter folder merged into its weights, in order."""
+    from peft import PeftModel
+
+    for path in adapters:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    return model

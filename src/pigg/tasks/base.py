@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -151,6 +152,15 @@ class Task(ABC):
     @abstractmethod
     def aggregate(self, scores: list) -> Any:
         """The task's metrics of a list of scores."""
+
+    # ---- rewards (train.stage: grpo): pure functions of an answer, like the scores they come from
+
+    # the weights of the rewards used when the config's rl.rewards names none
+    default_rewards: ClassVar[dict[str, float]] = {"score": 1.0}
+
+    def rewards(self) -> dict[str, Callable[[Any, Sample, Renderer], float]]:
+        """The task's rewards by name: each reads a parsed answer of one sample as a number."""
+        return {"score": lambda answer, sample, renderer: self.score(answer, sample, renderer).value}
 
     # ---- people's view
 

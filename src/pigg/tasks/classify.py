@@ -153,6 +153,14 @@ class ClassifyTask(Task):
         gold = self.expected(sample, renderer)
         return Prediction(sample.source, gold, answer.label, answer.raw, answer.log_likelihoods)
 
+    default_rewards = {"label": 1.0, "format": 0.1}
+
+    def rewards(self):
+        return {
+            "label": lambda answer, sample, renderer: float(answer.label == self.expected(sample, renderer)),
+            "format": lambda answer, sample, renderer: float(answer.label is not None),
+        }
+
     def aggregate(self, scores: list[Prediction]) -> ClassificationScore:
         return score_labels([p.gold for p in scores], [p.predicted for p in scores], self.labels)
 

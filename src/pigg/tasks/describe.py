@@ -86,6 +86,17 @@ class DescribeTask(Task):
             token_f1(answer, reference),
         )
 
+    default_rewards = {"token_f1": 1.0}
+
+    def rewards(self):
+        return {
+            "token_f1": lambda answer, sample, renderer: token_f1(answer, self.expected(sample, renderer)),
+            "exact_match": lambda answer, sample, renderer: exact_match(
+                answer, self.expected(sample, renderer)
+            ),
+            "format": lambda answer, sample, renderer: float(bool(answer)),
+        }
+
     def aggregate(self, scores: list[TextScore]) -> dict:
         similarities = [s.similarity for s in scores if s.similarity is not None]
         return {

@@ -120,6 +120,28 @@ def score_click(
     return hit, distance, distance / diagonal
 
 
+def gaussian_reward(
+    point: tuple[float, float] | None, target: Target, size: tuple[int, int], radius: float = DEFAULT_RADIUS
+) -> float:
+    """A point reward in (0, 1] (GUI-G²'s Gaussian point reward): 1 at the target point (or the box centre),
+    falling as a Gaussian whose spread is half the box's width and height, so at a box edge on an axis it
+    is e^-0.5 ≈ 0.61 whatever the element's size; a target with no box spreads by `radius` of the
+    screenshot's diagonal. An unreadable answer is 0."""
+    if point is None:
+        return 0.0
+    if target.box is not None:
+        x1, y1, x2, y2 = target.box
+        goal = target.point or ((x1 + x2) / 2, (y1 + y2) / 2)
+        sx, sy = (x2 - x1) / 2, (y2 - y1) / 2
+    elif target.point is not None:
+        goal = target.point
+        sx = sy = radius * math.hypot(*size)
+    else:
+        raise ValueError("a target needs a point or a box")
+    dx, dy = (point[0] - goal[0]) / sx, (point[1] - goal[1]) / sy
+    return math.exp(-0.5 * (dx * dx + dy * dy))
+
+
 def summarize(scores: list[ClickScore]) -> dict:
     """Accuracy, parse failures and distances of a group of scores."""
     n = len(scores)
@@ -219,6 +241,20 @@ class GroundingTask(Task):
 
     def aggregate(self, scores: list[ClickScore]) -> dict:
         return breakdown(scores)
+
+    # inside: the score itself (any click in the box is right, as SFT cannot say); gaussian: a dense signal
+    # that still rewards a near miss; format: the answer reads as a click
+    default_rewards = {"inside": 1.0, "gaussian": 0.5, "format": 0.1}
+
+    def rewards(self):
+        radius = self.cfg.eval.radius
+        return {
+            "inside": lambda click, sample, renderer: self.score(click, sample, renderer).value,
+            "gaussian": lambda click, sample, renderer: gaussian_reward(
+                click.point, sample.target, click.size, radius
+            ),
+            "format": lambda click, sample, renderer: float(click.point is not None),
+        }
 
     def headline(self, result: ModelResult) -> str:
         o = result.metrics["overall"]

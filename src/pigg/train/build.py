@@ -191,6 +191,10 @@ def usable_cpus() -> int:
 def check_approach(cfg: ExperimentConfig, cuda: bool) -> None:
     """Refuse, before any weights load, an approach this machine or launch cannot run as asked: pigg never
     reports one approach while running another (the Trainer on CPU silently runs DDP when asked for FSDP)."""
+    if cfg.train.stage == "grpo":
+        from pigg.train.grpo import check_grpo
+
+        check_grpo(cfg)
 
     parallel, (_, world) = cfg.train.parallel, process_rank()
     for variable, approach in (("ACCELERATE_USE_FSDP", "fsdp"), ("ACCELERATE_USE_DEEPSPEED", "deepspeed")):
@@ -327,23 +331,29 @@ def liger_enabled(setting: str | bool, cuda: bool) -> bool:
     return True
 
 
-def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, cuda: bool, **overrides):
-    """The model as the config trains it, and the PiggTrainer that trains it; `overrides` replace
-    TrainingArguments (`pigg plan` runs a few steps into a scratch folder this way)."""
+def build_model(cfg: ExperimentConfig, data: PreparedData, dtype, cuda: bool):
+    """The model as the config trains it: loaded (from `model.init_from`'s weights, its adapters merged,
+    when set), quantized, and its parts set to train by their methods."""
     import torch
 
-    from pigg.data.packing import TrainingCollator, rope_index_of
-    from pigg.models.loading import load_model
+    from pigg.models.loading import adapter_chain, load_model, merge_adapters
     from pigg.models.trainable import apply_method
-    from pigg.train.trainer import build_trainer
 
+    weights, adapters = adapter_chain(cfg.model.init_from) if cfg.model.init_from else (cfg.model.name, [])
+    if adapters and cfg.train.stage == "grpo" and cfg.rl.beta > 0 and not cfg.saves_adapter:
+        # TRL rebuilds the KL's reference from the weights' folder, which would miss the merged adapters
+        raise ConfigError(
+            f"rl.beta={cfg.rl.beta} with full training from the LoRA run {cfg.model.init_from}: merge it first "
+            "(pigg merge RUN --out FOLDER) and set model.init_from=FOLDER, or train LoRA, or set rl.beta=0"
+        )
     model = load_model(
-        cfg.model.name,
+        weights,
         dtype,
         _device_map(cfg, data.family, cuda, dtype),
         attention(cfg.model.attn_implementation, cuda),
         _quantization(cfg, data.family, dtype),
     )
+    model = merge_adapters(model, adapters)  # an SFT run's LoRA, merged: the new training starts from it
     if cfg.model.quantization and dtype == torch.float16:
         from peft import prepare_model_for_kbit_training
 
@@ -361,7 +371,18 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         vision_blocks=cfg.vision.blocks,
         llm_layers=cfg.llm.layers,
     )
-    arguments = dict(
+    if cfg.model.init_from and hasattr(model, "peft_config"):
+        # saved adapters name the run they continue, so loading one merges that run's adapters first
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = cfg.model.init_from
+    return model
+
+
+def training_arguments(cfg: ExperimentConfig, data: PreparedData, model, run_dir: Path, dtype, cuda: bool):
+    """The Trainer's arguments (TrainingArguments or TRL's GRPOConfig) as the config sets them."""
+    import torch
+
+    return dict(
         output_dir=str(run_dir),
         learning_rate=cfg.train.learning_rate,
         num_train_epochs=cfg.train.epochs,
@@ -401,7 +422,23 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         dataloader_persistent_workers=False,
         dataloader_pin_memory=cuda,
     )
+
+
+def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, cuda: bool, **overrides):
+    """The model as the config trains it, and the trainer that trains it (pigg's for SFT, TRL's GRPO for
+    `train.stage: grpo`); `overrides` replace TrainingArguments (`pigg plan` runs a few steps into a
+    scratch folder this way)."""
+    from pigg.data.packing import TrainingCollator, rope_index_of
+    from pigg.train.trainer import build_trainer
+
+    model = build_model(cfg, data, dtype, cuda)
+    arguments = training_arguments(cfg, data, model, run_dir, dtype, cuda)
+    arguments.update(overrides)
     board = "tensorboard" in cfg.train.report_to
+    if cfg.train.stage == "grpo":
+        from pigg.train.grpo import build_grpo_trainer
+
+        return model, build_grpo_trainer(cfg, data, model, arguments, board)
     collator = TrainingCollator(data.renderer)
     if cfg.data.packing and data.family.image_sizing != "qwen":
         raise ConfigError(f"data.packing is not supported for {data.family.name} yet; set data.packing=false")
@@ -409,7 +446,6 @@ def build_run(cfg: ExperimentConfig, data: PreparedData, run_dir: Path, dtype, c
         rope_index = rope_index_of(model) if data.family.has_vision else None
         collator = TrainingCollator(data.renderer, rope_index, cfg.data.pack_length or cfg.data.max_length)
     lengths = [t + i for t, i in data.tokens()] if cfg.train.group_by_length else None
-    arguments.update(overrides)
     trainer = build_trainer(
         model,
         data.renderer,

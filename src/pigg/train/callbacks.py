@@ -89,7 +89,12 @@ class ProgressCallback(TrainerCallback):
         print(
             f"step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
             f"lr {logs.get('learning_rate', 0):.2e} | grad_norm {logs.get('grad_norm', float('nan')):.3f} | "
-            f"{samples_s:.2f} samples/s | "
+            + (
+                f"reward {logs['reward']:.3f} (std {logs.get('reward_std', 0):.3f}) | "
+                if "reward" in logs
+                else ""
+            )
+            + f"{samples_s:.2f} samples/s | "
             + (f"{tokens_s:.0f} tokens/s | " if tokens_s is not None else "")
             + (f"pad {100 * logs['padding_fraction']:.1f}% " if "padding_fraction" in logs else "")
             + (

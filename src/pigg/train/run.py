@@ -125,6 +125,7 @@ def train(
             control.uninstall()
         losses = [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e]
         eval_losses = [(e["step"], e["eval_loss"]) for e in trainer.state.log_history if "eval_loss" in e]
+        rewards = [(e["step"], e["reward"]) for e in trainer.state.log_history if "reward" in e]  # GRPO's
         summary = {
             "run": cfg.name,
             "status": "stopped" if control.reason else "complete",
@@ -146,6 +147,7 @@ def train(
             "mean_train_loss": result.training_loss,
             "losses": losses,
             "eval_losses": eval_losses,
+            **({"stage": cfg.train.stage, "rewards": rewards} if cfg.train.stage != "sft" else {}),
             "log_file": str(log_path),
         }
         if control.reason:

@@ -87,8 +87,49 @@ def _prepare_workers(loader):
     return loader
 
 
-class PiggTrainer(Trainer):
+class SafeCheckpoints:
+    """What every pigg trainer (SFT's, GRPO's) adds to a Trainer: DataLoader workers that outlive a stop
+    signal and fork safely, and checkpoints that a kill mid-save never leaves broken."""
+
     _staging = False
+
+    # -- DataLoader workers that outlive a stop signal and fork safely ---------------------------------
+    def get_train_dataloader(self):
+        return _prepare_workers(super().get_train_dataloader())
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        return _prepare_workers(super().get_eval_dataloader(eval_dataset))
+
+    # -- checkpoints: written to RUN/.partial/checkpoint-N, renamed when complete ----------------------
+    def _get_output_dir(self, trial) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING) if self._staging else run_dir
+
+    def _save_checkpoint(self, model, trial) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        stale = run_dir / STAGING / name  # left by a save that was killed at this same step
+        if self.args.should_save and stale.exists():
+            shutil.rmtree(stale)
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, shards)
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():  # the same step saved again (a run resumed from it): replace it whole
+                shutil.rmtree(final)
+            os.replace(run_dir / STAGING / name, final)
+            rotate_checkpoints(str(run_dir), self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+
+class PiggTrainer(SafeCheckpoints, Trainer):
     _since: tuple[float, int, int] | None = None  # (time, step, tokens) at the previous training log
     # Padding since the previous log: [real tokens, tokens if padded per batch, tokens computed]
     _padding = (0, 0, 0)
@@ -156,41 +197,6 @@ class PiggTrainer(Trainer):
 
         size = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedSampler(size, lengths=self.sample_lengths)
-
-    # -- DataLoader workers that outlive a stop signal and fork safely ---------------------------------
-    def get_train_dataloader(self):
-        return _prepare_workers(super().get_train_dataloader())
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        return _prepare_workers(super().get_eval_dataloader(eval_dataset))
-
-    # -- checkpoints: written to RUN/.partial/checkpoint-N, renamed when complete ----------------------
-    def _get_output_dir(self, trial) -> str:
-        run_dir = super()._get_output_dir(trial)
-        return os.path.join(run_dir, STAGING) if self._staging else run_dir
-
-    def _save_checkpoint(self, model, trial) -> None:
-        from transformers.trainer_utils import rotate_checkpoints
-
-        run_dir = Path(super()._get_output_dir(trial))
-        name = f"checkpoint-{self.state.global_step}"
-        stale = run_dir / STAGING / name  # left by a save that was killed at this same step
-        if self.args.should_save and stale.exists():
-            shutil.rmtree(stale)
-        self.accelerator.wait_for_everyone()
-        self._staging = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging = False
-        self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, shards)
-        if self.args.should_save:
-            final = run_dir / name
-            if final.exists():  # the same step saved again (a run resumed from it): replace it whole
-                shutil.rmtree(final)
-            os.replace(run_dir / STAGING / name, final)
-            rotate_checkpoints(str(run_dir), self.args.save_total_limit)
-        self.accelerator.wait_for_everyone()
 
     # -- padding statistics from the collator; real (non-padding) tokens for tokens/s --------------
     def _track_num_input_tokens(self, inputs):

@@ -9,6 +9,11 @@ Users have personal habits, which a global model cannot know and a per-user adap
 - their own names for things ("post" for the Mail button): vocabulary;
 - a favourite app pinned at a cell of their own, asked for with their own phrase ("open my usual"),
   shown among other buttons, so only the user's history says which one is meant.
+
+The "free" layout leaves the grid: three to five elements of varied sizes (wide buttons, narrow ones,
+small square icons) at continuous positions that never overlap, the target among them, the favourite
+near (not on) its cell. Any click inside the target is right, so a click reward has something to teach
+that imitating its centre does not; the grid layouts stay for the fast demo.
 """
 
 from __future__ import annotations
@@ -145,6 +150,55 @@ def make_screen(rng: random.Random, buttons: list[tuple[str, tuple[int, int]]], 
     return image, boxes
 
 
+def _free_boxes(rng: random.Random, count: int, width: int, height: int, near=None) -> list[tuple]:
+    """`count` boxes of varied sizes at continuous positions in the content area, apart from each other;
+    the first is centred near `near` (a point) when given. Returns (box, is_icon) pairs."""
+    top, unit, gap = _TOP * height, min(width, height), 0.01 * min(width, height)
+    placed: list[tuple] = []
+    for _ in range(200 * count):
+        if len(placed) == count:
+            break
+        icon = rng.random() < 0.3
+        bw, bh = (
+            (rng.uniform(0.05, 0.09) * unit,) * 2
+            if icon
+            else (rng.uniform(0.10, 0.32) * width, rng.uniform(0.06, 0.14) * height)
+        )
+        if near is not None and not placed:
+            cx = min(max(near[0] + rng.uniform(-0.06, 0.06) * width, bw / 2 + gap), width - bw / 2 - gap)
+            cy = min(
+                max(near[1] + rng.uniform(-0.06, 0.06) * height, top + bh / 2 + gap), height - bh / 2 - gap
+            )
+        else:
+            cx = rng.uniform(bw / 2 + gap, width - bw / 2 - gap)
+            cy = rng.uniform(top + bh / 2 + gap, height - bh / 2 - gap)
+        box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+        if all(
+            box[2] + gap < other[0]
+            or other[2] + gap < box[0]
+            or box[3] + gap < other[1]
+            or other[3] + gap < box[1]
+            for other, _ in placed
+        ):
+            placed.append((box, icon))
+    return placed
+
+
+def make_free_screen(rng: random.Random, labels: list[str], size: tuple[int, int], near=None):
+    """A screen of the free layout with one element per label (the first is the target); returns the
+    image, the target's box and whether it is an icon."""
+    width, height = size
+    image = Image.new("RGB", size, rng.choice(BACKGROUNDS))
+    draw = ImageDraw.Draw(image)
+    _draw_chrome(
+        draw, width, height, rng.choice(["Desktop", "Workspace", "Launcher", "Home"]), (222, 226, 230)
+    )
+    boxes = _free_boxes(rng, len(labels), width, height, near)
+    for (box, icon), label in zip(boxes, labels, strict=False):
+        _draw_button(draw, box, label[0] if icon else label, rng.choice(COLOURS))
+    return image, boxes[0][0], boxes[0][1]
+
+
 # The "fixed" layout: nine labels, each always on its own cell, as apps keep their buttons in place.
 HOME_CELLS = dict(zip(LABELS, GRID, strict=False))
 
@@ -159,6 +213,8 @@ def _sample_record(
     sizes: list[tuple[int, int]],
 ) -> dict:
     size = rng.choice(sizes)
+    if layout == "free":
+        return _free_record(user, rng, image_path, folder, habit, size)
     if habit:
         others = rng.sample([c for c in GRID if c != user.favourite_cell], 2)
         labels = rng.sample([a for a in APPS if a != user.favourite], 2)
@@ -194,13 +250,45 @@ def _sample_record(
     }
 
 
+def _free_record(
+    user: UserHabits, rng: random.Random, image_path: str, folder: Path, habit: bool, size
+) -> dict:
+    labels = rng.sample([a for a in LABELS if a != user.favourite], rng.randint(2, 4))
+    if habit:
+        labels.insert(0, user.favourite)
+        near = cell_centre(user.favourite_cell, *size)
+        instruction = user.habit_phrase
+    else:
+        near = None
+        name = user.aliases.get(labels[0], labels[0])
+    image, box, icon = make_free_screen(rng, labels, size, near)
+    if not habit:
+        kind = "icon" if icon else "button"
+        instruction = rng.choice(["click the {} " + kind, "tap {}", "press {}", "click {}"]).format(name)
+    image.save(folder / image_path, compress_level=1)
+    point = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    rx, ry = to_relative_1000(*point, *size)
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": image_path}, {"type": "text", "text": instruction}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": f"({rx}, {ry})"}]},
+        ],
+        "target": {"point": list(point), "box": list(box)},
+        "kind": "habit" if habit else "generic",
+        "answer_from_target": True,
+    }
+
+
 def synthesize(
     out: str | Path,
     users: int,
     per_user: int,
     habit_fraction: float = 0.3,
     seed: int = 0,
-    layout: Literal["random", "fixed"] = "random",
+    layout: Literal["random", "fixed", "free"] = "random",
     sizes: list[tuple[int, int]] | None = None,
     counts: dict[int, int] | None = None,
 ) -> Path:
@@ -209,7 +297,8 @@ def synthesize(
     one screen is a small fraction of a point); the first `per_user` and every other user's are unchanged.
 
     layout "random" puts a generic sample's button on any cell (the model must look); "fixed" puts each
-    label on its home cell (the instruction alone says where: a quick task for tests). `sizes`: the
+    label on its home cell (the instruction alone says where: a quick task for tests); "free" places
+    elements of varied sizes at continuous positions (where a click reward has something to teach). `sizes`: the
     screenshot sizes to draw from (default: desktop, laptop, QHD and phone screens).
     """
     out = Path(out)
