@@ -126,11 +126,8 @@ def run_eval(
     cfg = eval_config(anchor, name, data, users, max_samples)
     if radius:
         cfg.eval.radius = radius
-    if max_new_tokens:
-        cfg.eval.max_new_tokens = max_new_tokens
-    elif name == "describe":
-        cfg.eval.max_new_tokens = 64  # descriptions run longer than clicks
     task = task_for(cfg, name)
+    cfg.eval.max_new_tokens = max_new_tokens or task.max_new_tokens or cfg.eval.max_new_tokens
     modes = MODES if mode == "both" else (mode,)
     if mode != "generate" and type(task).choices is Task.choices:
         raise ConfigError(

@@ -108,6 +108,8 @@ class Task(ABC):
     # whether scoring also needs answer and reference embedded by a model (seed 003's similarity), which
     # evaluation computes and hands to `Score.similarity`
     embeds: ClassVar[bool] = False
+    # new tokens an answer may take when the command line does not say (None: the config's eval section)
+    max_new_tokens: ClassVar[int | None] = None
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg

@@ -66,6 +66,7 @@ class TextScore:
 class DescribeTask(Task):
     name = "describe"
     embeds = True  # evaluation adds the similarity of answer and reference embeddings
+    max_new_tokens = 64  # descriptions run longer than clicks
 
     def expected(self, sample: Sample, renderer: Renderer) -> str:
         """The sample's last answer as training renders it (a target-derived answer in the family's form)."""
