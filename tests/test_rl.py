@@ -161,6 +161,7 @@ def test_grpo_raises_the_click_reward_and_greedy_accuracy_and_its_run_loads(
     assert adapter["base_model_name_or_path"] == str(trained_run)  # loading merges the SFT run first
     events = list((run / "tensorboard").rglob("events.out.tfevents*"))
     assert events and b"rewards/inside/mean" in events[0].read_bytes()
+    assert b"generation_share" in events[0].read_bytes()  # pigg's: the time spent generating
 
     # the same 16 screens, greedy, before and after: 12/16 and 15/16 measured
     accuracy = {}

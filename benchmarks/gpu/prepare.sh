@@ -2,7 +2,7 @@
 # Run here, on the machine without a GPU, in the repository, before a device call (docs/benchmarks.md).
 # Puts what benchmarks/gpu/run.sh needs and the GPU image lacks into two git-ignored folders that the
 # device call carries:
-#   .whl/  wheels: pydantic (missing there), typer, liger-kernel, bitsandbytes, DeepSpeed, and pigg's
+#   .whl/  wheels: pydantic (missing there), typer, liger-kernel, bitsandbytes, DeepSpeed, TRL, and pigg's
 #          tested transformers and peft versions (the image has other ones)
 #   .gpu/  the Qwen3-VL-8B and Qwen2.5-7B configs and processors from ../shared/assets (no weights;
 #          ../shared does not travel with the working tree)
@@ -21,6 +21,7 @@ wheels=(
     liger-kernel==0.8.5
     $(pinned 'bitsandbytes')
     $(pinned 'fastapi|starlette|uvicorn|httpx|httpcore|h11|anyio|certifi|idna|opentelemetry-api')
+    $(pinned 'trl')
 )
 rm -rf .whl && mkdir .whl
 "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -20,6 +20,10 @@
 #                                          pigg bench-serve (one at a time vs batched, answers compared);
 #                                          and, where vLLM is installed, its server started with the
 #                                          users' adapters (pigg serve --engine vllm) and asked once per user
+#   bash benchmarks/gpu/run.sh grpo        click-reward RL (train.stage=grpo) on the 8B, LoRA, 2 screenshots x 8
+#                                          answers a step, generation by vLLM in the training process where
+#                                          vllm is installed (else transformers): answers/s and the share of
+#                                          each step spent generating, from pigg's own log lines
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -46,7 +50,7 @@ pigg() { $python -m pigg.cli "$@"; }
 source_model=${SOURCE:-.gpu/qwen3-vl-8b-instruct}
 model=/tmp/pigg_gpu/$(basename "$source_model")-random data=/tmp/pigg_gpu/gui-1280x800
 # the 8B and its screens, for the modes that train it (engines and text build their own models)
-case "${1:-lora}" in lora|selective|approaches|logits)
+case "${1:-lora}" in lora|selective|approaches|logits|grpo)
     [ -d "$model" ] || pigg model random "$source_model" "$model" --device "${DEVICE:-cuda}"
     [ -d "$data" ] || pigg data synth "$data" --users 4 --per-user 40 --screen 1280x800
 esac
@@ -126,6 +130,18 @@ text)
     pigg bench seed004_agnews_full model.name="$text_model" data.path="$news" data.eval_path=null \
         ${EXTRA:-} "${steps[@]}" --out "$OUT/text" --paths "${TEXT_PATHS:-baseline,default,default+packing}"
     ;;
+grpo)
+    vllm=false
+    $python -c "import vllm" 2>/dev/null && vllm=true
+    pigg train global_grpo "${on_data[@]}" model.init_from=null rl.use_vllm=$vllm train.max_steps="${STEPS:-5}" \
+        train.save_steps=1000 train.logging_steps=1 train.output_dir=/tmp/pigg_gpu/grpo_run \
+        train.log_dir=/tmp/pigg_gpu/logs train.report_to=[] | tee "$OUT/grpo.txt"
+    echo "vLLM generation: $vllm" | tee -a "$OUT/grpo.txt"
+    # answers/s and generation share of the steps after the first
+    grep -E "^step [0-9]+/" "$OUT/grpo.txt" | tail -n +2 | sed -E 's/.*generating ([0-9]+)%.* ([0-9.]+) samples\/s.*/\1 \2/' |
+        awk '{g+=$1; s+=$2; n++} END {if (n) printf "mean over %d steps: %.2f answers/s, %.0f%% generating\n", n, s/n, g/n}' |
+        tee -a "$OUT/grpo.txt"
+    ;;
 serve)
     demo=/tmp/pigg_gpu/demo
     [ -f "$demo/demo_summary.json" ] || pigg demo --out "$demo" | tail -3
@@ -141,7 +157,7 @@ serve)
     fi
     ;;
 *)
-    echo "usage: run.sh lora|selective|approaches|logits|engines|text|serve" >&2
+    echo "usage: run.sh lora|selective|approaches|logits|engines|text|serve|grpo" >&2
     exit 2
     ;;
 esac

@@ -11,11 +11,7 @@ from typing import Annotated
 import typer
 
 from pigg.cli.apps import (
-    AdapterOpt,
     ConfigArg,
-    EvalDataOpt,
-    EvalUsersOpt,
-    ModelOpt,
     Overrides,
     UserOpt,
     app,
@@ -169,41 +165,6 @@ def bench(
         config, overrides, chosen, steps, warmup, repeat, out, progress=lambda m: print(m, file=sys.stderr)
     )
     print(path.with_name("bench.md").read_text())
-    print(path)
-
-
-@app.command("bench-eval")
-def bench_eval(
-    model: ModelOpt = None,
-    adapter: AdapterOpt = None,
-    user: UserOpt = None,
-    data: EvalDataOpt = None,
-    users: EvalUsersOpt = None,
-    batch_sizes: Annotated[str, typer.Option(help="comma-separated; the first is the baseline")] = "1,16",
-    repeat: Annotated[int, typer.Option(help="timed passes per batch size, interleaved")] = 2,
-    max_samples: Annotated[int | None, typer.Option(help="screens per pass")] = 64,
-    max_new_tokens: int | None = None,
-    out: Annotated[Path, typer.Option(help="report folder")] = Path("bench_eval"),
-    gpus: Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0")] = None,
-):
-    """Eval throughput, one screenshot at a time vs batched, on the same samples: screens/s, tokens/s,
-    peak memory, accuracy and how many answers batching changed."""
-    from pigg.train.build import select_gpus
-
-    select_gpus(gpus)
-    from pigg.evaluation.speed import bench_eval as run_bench_eval
-
-    if model is None:
-        raise PiggError("pigg bench-eval needs --model")
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",")]
-    except ValueError:
-        raise PiggError(f"--batch-sizes: {batch_sizes!r} is not a comma-separated list of integers") from None
-    path = run_bench_eval(
-        model, adapter, user, data, users, sizes, repeat, max_samples, max_new_tokens, out,
-        progress=lambda m: print(m, file=sys.stderr),
-    )  # fmt: skip
-    print(path.with_name("bench_eval.md").read_text())
     print(path)
 
 

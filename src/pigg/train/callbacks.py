@@ -94,6 +94,7 @@ class ProgressCallback(TrainerCallback):
                 if "reward" in logs
                 else ""
             )
+            + (f"generating {100 * logs['generation_share']:.0f}% | " if "generation_share" in logs else "")
             + f"{samples_s:.2f} samples/s | "
             + (f"{tokens_s:.0f} tokens/s | " if tokens_s is not None else "")
             + (f"pad {100 * logs['padding_fraction']:.1f}% " if "padding_fraction" in logs else "")

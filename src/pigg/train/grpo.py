@@ -11,6 +11,7 @@ that `pigg eval`, `predict`, `serve` and `merge` load.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 from pigg.config import ExperimentConfig
@@ -104,7 +105,25 @@ def build_grpo_trainer(cfg: ExperimentConfig, data, model, arguments: dict, boar
     from pigg.train.trainer import SafeCheckpoints
 
     class PiggGRPOTrainer(SafeCheckpoints, GRPOTrainer):
-        pass
+        """TRL's trainer with pigg's checkpoints, and the share of time spent generating in every log."""
+
+        _generating = 0.0  # seconds in generation (prompt processing and sampling) since the last log
+        _since: float | None = None
+
+        def _generate(self, prompts):
+            began = time.perf_counter()
+            try:
+                return super()._generate(prompts)
+            finally:
+                self._generating += time.perf_counter() - began
+
+        def log(self, logs: dict, start_time: float | None = None) -> None:
+            if "loss" in logs:
+                now = time.perf_counter()
+                if self._since is not None and now > self._since:
+                    logs["generation_share"] = round(self._generating / (now - self._since), 4)
+                self._since, self._generating = now, 0.0
+            super().log(logs, start_time)
 
     task = task_for(cfg)
     weights = task_rewards(cfg, task)
