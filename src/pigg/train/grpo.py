@@ -11,6 +11,7 @@ that `pigg eval`, `predict`, `serve` and `merge` load.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -146,7 +147,8 @@ def build_grpo_trainer(cfg: ExperimentConfig, data, model, arguments: dict, boar
         vllm_mode=rl.vllm_mode,
         remove_unused_columns=False,
     )
-    callbacks = [ProgressCallback(cfg.train.batch_size * cfg.train.grad_accum)]
+    world = int(os.environ.get("WORLD_SIZE", 1))  # processes under torchrun: answers per step add up
+    callbacks = [ProgressCallback(cfg.train.batch_size * cfg.train.grad_accum * world)]
     if board:
         tensorboard = TensorBoardCallback()
         tensorboard.logging_dir = str(Path(arguments["output_dir"]) / "tensorboard")
