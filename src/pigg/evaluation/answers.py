@@ -178,6 +178,6 @@ def evaluate(
 
 def click_samples(agent: Agent, samples: list[Sample], batch_size: int = 8, progress=None) -> list[Click]:
     """Batched greedy answers to the samples' prompts, read as clicks in screenshot pixels."""
-    task = GroundingTask(None)  # reading a click needs no setting
+    task = GroundingTask()  # reading a click needs no setting
     texts, _ = generate_answers(agent, task, samples, batch_size, progress)
     return [task.parse(text, s, agent.renderer) for text, s in zip(texts, samples, strict=True)]

@@ -111,8 +111,8 @@ class Task(ABC):
     # new tokens an answer may take when the command line does not say (None: the config's eval section)
     max_new_tokens: ClassVar[int | None] = None
 
-    def __init__(self, cfg: ExperimentConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ExperimentConfig | None = None):
+        self.cfg = cfg  # None: a task that only reads answers (parse), with no settings to score by
 
     # ---- the samples and what they ask
 
