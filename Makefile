@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo demo-text test browser slurm fuzz soak lint format bench clean
+.PHONY: setup demo demo-text demo-grpo test browser slurm fuzz soak lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ demo: setup
 # seed 004 in miniature: a tiny Qwen2.5 classifying synthetic news, base vs tuned (~3 min on 2 cores)
 demo-text: setup
 	$(BIN)/pigg demo text --out demo_text_out
+
+# click-reward RL after SFT: zero-shot vs SFT vs SFT+GRPO on held-out users (~6 min on 2 cores)
+demo-grpo: setup
+	$(BIN)/pigg demo grpo --out demo_grpo_out
 
 # deptry: every import in src/pigg is declared in pyproject.toml (a dependency, or an extra whose absence
 # src/pigg/extras.py turns into one line); lint-imports: no import runs up the layers pyproject names
@@ -78,4 +82,4 @@ soak: setup
 	code=$$?; [ -z "$$hogs" ] || kill $$hogs; exit $$code
 
 clean:
-	rm -rf $(VENV) demo_out runs logs
+	rm -rf $(VENV) demo_out demo_text_out demo_grpo_out runs logs

@@ -269,9 +269,9 @@ def test_personalize_replays_global_samples_measures_costs_and_draws_the_curve(
     seen: list[tuple[int, list]] = []
     real_train = module.train_user_adapter
 
-    def recording(model, renderer, samples, p, seed):
+    def recording(model, renderer, samples, p, seed, grpo=None):
         seen.append((len(samples), sorted({s.user_id for s in samples})))
-        return real_train(model, renderer, samples, p, seed)
+        return real_train(model, renderer, samples, p, seed, grpo)
 
     monkeypatch.setattr(module, "train_user_adapter", recording)
     overrides = ["personalize.replay_ratio=1", "personalize.max_steps=3", "personalize.budgets=[4]"]

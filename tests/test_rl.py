@@ -118,8 +118,12 @@ def test_label_and_text_rewards():
         (["train.batch_size=6"], "must be a multiple of rl.num_generations (4)"),
         (["train.eval=true"], "a GRPO run logs its rewards"),
         (["rl.rewards={inside: 1, clicks: 1}"], "rl.rewards names clicks"),
+        (["train.stage=sft", "personalize.stage=grpo", "personalize.batch_size=6"],
+         "personalize.batch_size (6) must be a multiple of rl.num_generations (4)"),
+        (["train.stage=sft", "personalize.stage=grpo", "personalize.distill=0.5"], "distillation is a term"),
+        (["train.stage=sft", "personalize.stage=grpo", "rl.beta=0.04"], "set rl.beta=0"),
     ],
-)
+)  # fmt: skip
 def test_bad_rl_settings_are_refused_before_any_model_loads(tmp_path, synth_data, overrides, message):
     # the model does not exist: reaching its loading would say so instead
     config = tmp_path / "grpo.yaml"
@@ -199,3 +203,28 @@ def test_a_stopped_grpo_run_resumes_to_the_straight_run(trained_run, fixed_data,
     assert [rewards[s] for s in range(1, 5)] == [r for _, r in straight.summary["rewards"]]
     a, b = (load_file(str(tmp_path / run / "adapter_model.safetensors")) for run in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
+
+
+def test_per_user_grpo_trains_each_user_s_adapter_from_rewards(trained_run, tmp_path):
+    """personalize.stage=grpo: each held-out user's LoRA adapter trains by GRPO on that user's own screens
+    (replay as in SFT); the global weights stay bit-identical and the adapters are pure LoRA."""
+    import shutil
+
+    from pigg.personalize import personalize
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("users"))
+    before = load_file(str(run / "model.safetensors"))
+    settings = ["personalize.stage=grpo", "personalize.batch_size=16", "personalize.max_steps=4",
+                "personalize.learning_rate=1e-3", "personalize.replay_ratio=1", "personalize.budgets=[2]",
+                "rl.num_generations=8", "rl.max_completion_length=10"]  # fmt: skip
+    table = json.loads(personalize(run, settings).read_text())
+    assert table["settings"]["personalize"]["stage"] == "grpo"
+    for user in ("1", "2"):
+        weights = load_file(str(run / "users" / user / "adapter_model.safetensors"))
+        b = [w for k, w in weights.items() if ".lora_B." in k]
+        assert b and any(w.abs().sum() > 0 for w in b)  # lora_B starts at zero: the rewards moved it
+        assert table["costs"][user]["train_seconds"] > 0 and table["costs"][user]["peak_memory_bytes"] > 0
+    assert {"train_seconds", "peak_memory_bytes", "habit", "generic"} <= set(table["curve"]["2"])
+    after = load_file(str(run / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)

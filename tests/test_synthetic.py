@@ -75,3 +75,46 @@ def test_the_free_layout_puts_targets_of_varied_sizes_anywhere(tmp_path):
     assert len(answers) > 50 and len(widths) > 20  # continuous positions and sizes, not nine cells
     assert {s.meta["kind"] for s in samples} == {"habit", "generic"}
     assert any(s.instruction().endswith(" icon") for s in samples)
+
+
+def test_the_jitter_layout_keeps_home_cells_but_moves_and_sizes_the_elements(tmp_path):
+    """The demo's RL screens: the instruction still says which cell (each label has its home), but the
+    element, a wide or narrow button or a small icon, sits anywhere wholly inside that cell."""
+    from pigg.data.synth.screens import _TOP, HOME_CELLS, synthesize
+
+    folder = synthesize(tmp_path / "jitter", users=3, per_user=30, seed=2, layout="jitter")
+    samples = read_samples(folder, users=None).samples
+    offsets, widths, homes = set(), set(), 0
+    for sample in samples:
+        image = Image.open(folder / sample.image_refs()[0])
+        w, h = image.size
+        x1, y1, x2, y2 = sample.target.box
+        col, row = int(3 * (x1 + x2) / 2 / w), int(3 * ((y1 + y2) / 2 / h - _TOP) / (1 - _TOP))
+        left, top = col * w / 3, (_TOP + row * (1 - _TOP) / 3) * h
+        assert left <= x1 < x2 <= left + w / 3 and top <= y1 < y2 <= top + (1 - _TOP) * h / 3  # in its cell
+        rx, ry = map(int, re.fullmatch(r"\((\d+), (\d+)\)", sample.answer()).groups())
+        assert x1 <= rx / 1000 * w <= x2 and y1 <= ry / 1000 * h <= y2
+        cx, cy = cell_centre((col, row), w, h)
+        offsets.add(
+            (round((sample.target.point[0] - cx) / w, 2), round((sample.target.point[1] - cy) / h, 2))
+        )
+        widths.add(round((x2 - x1) / w, 2))
+        label = next((name for name in HOME_CELLS if name.lower() in sample.instruction().lower()), None)
+        if sample.meta["kind"] == "generic" and label:
+            assert HOME_CELLS[label] == (col, row)
+            homes += 1
+    assert len(offsets) > 40 and len(widths) > 15 and homes > 30  # off the cell centres, many sizes
+    assert any(s.instruction().endswith(" icon") for s in samples)
+
+
+def test_synth_others_takes_a_count_or_a_range(tmp_path):
+    from typer.testing import CliRunner
+
+    from pigg.cli import app
+
+    args = ["data", "synth", str(tmp_path / "f"), "--users", "1", "--per-user", "3", "--layout", "free"]
+    assert CliRunner().invoke(app, [*args, "--others", "0"]).exit_code == 0
+    bad = CliRunner().invoke(app, [*args, "--others", "3-1"])
+    assert bad.exit_code != 0 and "--others '3-1': write a count or a range" in str(
+        bad.exception or bad.output
+    )

@@ -267,6 +267,9 @@ class PersonalizeSection(_Section):
     """Per-user LoRA adapters on top of a global run (`pigg personalize`)."""
 
     users: UserSpec = Field(None, description="whom to personalize; default: data.test_users")
+    # sft: each adapter imitates the user's answers; grpo: it learns from the task's rewards on the user's
+    # screens (TRL's GRPO, the rl section; batch_size then counts answers, rl.num_generations a prompt)
+    stage: Literal["sft", "grpo"] = "sft"
     # Each user's samples are split into adapt and test parts, per kind, by this seed and fraction.
     adapt_fraction: float = Field(0.5, gt=0, lt=1)
     split_seed: int = 0
@@ -403,14 +406,31 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _rl_groups_fit_the_batch(self) -> ExperimentConfig:
-        if self.train.stage != "grpo":
-            return self
-        if self.train.eval:
-            raise ValueError(
-                "train.eval=true with train.stage=grpo: a GRPO run logs its rewards; set "
-                "train.eval=false and evaluate the run with `pigg eval RUN`"
-            )
-        n, batch, accum = self.rl.num_generations, self.train.batch_size, self.train.grad_accum
+        if self.train.stage == "grpo":
+            if self.train.eval:
+                raise ValueError(
+                    "train.eval=true with train.stage=grpo: a GRPO run logs its rewards; set "
+                    "train.eval=false and evaluate the run with `pigg eval RUN`"
+                )
+            self._check_groups("train", self.train.batch_size, self.train.grad_accum)
+        p = self.personalize
+        if p.stage == "grpo":
+            self._check_groups("personalize", p.batch_size, 1)
+            if p.distill > 0:
+                raise ValueError(
+                    f"personalize.distill={p.distill} with personalize.stage=grpo: distillation is a term of "
+                    "the SFT loss; set personalize.distill=0 (replay still works)"
+                )
+            if self.rl.beta > 0:
+                raise ValueError(
+                    f"rl.beta={self.rl.beta} with personalize.stage=grpo: a user's adapter starts at zero, "
+                    "so its reference is the global model, which TRL cannot take from beside other users' "
+                    "adapters yet; set rl.beta=0 (the adapter's small rank and steps keep it close)"
+                )
+        return self
+
+    def _check_groups(self, section: str, batch: int, accum: int) -> None:
+        n = self.rl.num_generations
         if n < 2:
             raise ValueError(
                 f"rl.num_generations={n}: GRPO compares several answers to one prompt; set it to 2 or more "
@@ -418,12 +438,14 @@ class ExperimentConfig(_Section):
             )
         if (batch * accum) % n:
             fits = max(n, batch - batch % n)
+            shape = f"{section}.batch_size ({batch})"
+            if section == "train":
+                shape = f"train.batch_size x train.grad_accum ({batch} x {accum})"
             raise ValueError(
-                f"train.batch_size x train.grad_accum ({batch} x {accum}) must be a multiple of "
-                f"rl.num_generations ({n}): a prompt's answers are generated and compared together; set "
-                f"train.batch_size={fits} (it counts answers: {fits // n} prompt(s) of {n} answers each)"
+                f"{shape} must be a multiple of rl.num_generations ({n}): a prompt's answers are generated "
+                f"and compared together; set {section}.batch_size={fits} (it counts answers: {fits // n} "
+                f"prompt(s) of {n} answers each)"
             )
-        return self
 
     @model_validator(mode="after")
     def _quantized_parts_use_lora(self) -> ExperimentConfig:

@@ -98,16 +98,18 @@ def replay_for(
 
 
 def adaptation_samples(
-    split: UserSplit, pool: list[Sample], p: PersonalizeSection, seed: int
+    split: UserSplit, pool: list[Sample], p: PersonalizeSection, seed: int, num_generations: int = 1
 ) -> list[Sample]:
     """What one user's adapter trains on: their adapt samples plus `replay_ratio` replayed global samples
     per adapt sample. With `replay_draw: per_pass` the adapt samples are listed once per pass the steps
     make over them, each pass with replayed samples of its own, so the steps see as much of the global
-    data as they can; `once` repeats one draw every pass."""
+    data as they can; `once` repeats one draw every pass. Under GRPO a step takes `batch_size` answers,
+    `num_generations` per sample."""
     per_pass = round(p.replay_ratio * len(split.adapt))
     passes = 1
     if p.replay_draw == "per_pass" and per_pass:
-        passes = max(1, math.ceil(p.max_steps * p.batch_size / (len(split.adapt) + per_pass)))
+        per_step = max(1, p.batch_size // num_generations)
+        passes = max(1, math.ceil(p.max_steps * per_step / (len(split.adapt) + per_pass)))
     return split.adapt * passes + replay_for(split, pool, p, seed, per_pass * passes)
 
 
@@ -139,8 +141,11 @@ def user_lora_config(model, family, p: PersonalizeSection):
     )
 
 
-def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: PersonalizeSection, seed: int):
-    """Train the model's active adapter on one user's adapt samples (HF Trainer, nothing saved)."""
+def train_user_adapter(
+    model, renderer: Renderer, samples: list[Sample], p: PersonalizeSection, seed: int, grpo=None
+):
+    """Train the model's active adapter on one user's adapt samples, nothing saved: by imitation (HF
+    Trainer), or with `grpo` = (config, processor) by the task's rewards (TRL's GRPO, the rl section)."""
     from pigg.train.distill import DistillTrainer, ReplayCollator
     from pigg.train.trainer import build_trainer
 
@@ -153,12 +158,7 @@ def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: Pers
             trainer_options={"distill": p.distill},
         )
     with tempfile.TemporaryDirectory(prefix="pigg_user_") as scratch:
-        trainer = build_trainer(
-            model,
-            renderer,
-            samples,
-            p.batch_size,
-            **distill,
+        arguments = dict(
             output_dir=scratch,
             max_steps=p.max_steps,
             per_device_train_batch_size=p.batch_size,
@@ -173,6 +173,13 @@ def train_user_adapter(model, renderer: Renderer, samples: list[Sample], p: Pers
             bf16=dtype == torch.bfloat16,
             seed=seed,
         )
+        if grpo is not None:
+            from pigg.train.grpo import grpo_trainer
+
+            cfg, processor = grpo
+            trainer = grpo_trainer(cfg, model, samples, processor, renderer, arguments)
+        else:
+            trainer = build_trainer(model, renderer, samples, p.batch_size, **distill, **arguments)
         result = trainer.train()
     model.eval()
     return result.training_loss
@@ -273,13 +280,13 @@ class UserAdapters:
         return self.peft
 
 
-def _train_measured(model, renderer, samples, p, seed) -> dict:
+def train_measured(model, renderer, samples, p, seed, grpo=None) -> dict:
     """Train the active adapter; its loss, seconds and peak memory."""
     from pigg.train.measure import PeakMemory
 
     with PeakMemory() as peak:
         began = time.perf_counter()
-        loss = train_user_adapter(model, renderer, samples, p, seed)
+        loss = train_user_adapter(model, renderer, samples, p, seed, grpo)
         seconds = time.perf_counter() - began
     return {"train_loss": loss, "train_seconds": round(seconds, 2), "peak_memory_bytes": peak.result.bytes}
 
@@ -358,11 +365,20 @@ def prepare_personalization(
         if not mine:
             raise DataError(f"user {user} has no usable samples in {cfg.data.path}")
         splits.append(split_user(user, mine, p.adapt_fraction, p.split_seed))
+    if p.stage == "grpo":
+        from pigg.train.grpo import check_grpo
+
+        check_grpo(cfg)  # TRL installed, the rewards the task has: before any model loads
     pool: list[Sample] = []
     if replay_pool or (replay_pool is None and p.replay_ratio > 0):
         global_cfg.train.eval = False
         pool = prepare_data(global_cfg, run_dir=out).train
     return Personalization(run_dir, cfg, data, splits, pool, GroundingTask(cfg))
+
+
+def grpo_settings(prep: Personalization) -> tuple | None:
+    """(config, processor) for per-user GRPO (personalize.stage: grpo), else None."""
+    return (prep.cfg, prep.data.processor) if prep.cfg.personalize.stage == "grpo" else None
 
 
 def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path:
@@ -374,6 +390,8 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
         prep.run_dir, prep.cfg, prep.data, prep.splits, prep.pool, prep.task
     )  # fmt: skip
     p, out, test_all = cfg.personalize, prep.run_dir / USERS_DIR, prep.test_all
+    grpo = grpo_settings(prep)
+    generations = cfg.rl.num_generations if grpo else 1
     print(
         f"personalizing {len(splits)} users of {run_dir}: "
         + ", ".join(f"{s.user_id} ({len(s.adapt)} adapt / {len(s.test)} test)" for s in splits)
@@ -396,13 +414,13 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     for split in splits:
         name = str(split.user_id)
         model = adapters.fresh(name, cfg.train.seed)
-        samples = adaptation_samples(split, pool, p, cfg.train.seed)
+        samples = adaptation_samples(split, pool, p, cfg.train.seed, generations)
         replayed = sum(bool(s.meta.get(REPLAY_META)) for s in samples)
         print(
-            f"user {name}: training a LoRA adapter on {len(split.adapt)} own samples"
+            f"user {name}: training a LoRA adapter ({p.stage}) on {len(split.adapt)} own samples"
             + (f" and {replayed} replayed global samples" if replayed else "")
         )
-        costs[name] = _train_measured(model, data.renderer, samples, p, cfg.train.seed)
+        costs[name] = train_measured(model, data.renderer, samples, p, cfg.train.seed, grpo)
         agent.model, agent.label = model, f"user {name}"
         parts.append(evaluate_agent(agent, split.test, task))
         model.peft_config[name].base_model_name_or_path = str(run_dir)
@@ -416,7 +434,7 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     table["costs"] = costs
     table["forgetting"] = _forgetting(table, p.forget_tolerance)
     if p.budgets:
-        table["curve"] = _budget_curve(agent, adapters, splits, pool, p, cfg.train.seed, task)
+        table["curve"] = _budget_curve(agent, adapters, splits, pool, p, cfg.train.seed, task, grpo)
         table["curve"]["full"] = {  # the saved adapters, trained on every adapt sample
             "samples": max(len(s.adapt) for s in splits),
             "all": table["overall"]["personalized"],
@@ -444,18 +462,21 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
     return path
 
 
-def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, task) -> dict:
+def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, task, grpo=None) -> dict:
     """Per budget: every user's fresh adapter on that many of their adapt samples (replay in the same
-    ratio), evaluated on the same test screens; accuracy per kind (personalized)."""
+    ratio), evaluated on the same test screens; accuracy per kind (personalized), training seconds and
+    peak memory per user."""
+    generations = grpo[0].rl.num_generations if grpo else 1
     curve: dict = {}
     for budget in p.budgets:
-        parts = []
+        parts, costs = [], []
         for split in splits:
             model = adapters.fresh(f"{split.user_id}@{budget}", seed)
             adapt = first_samples(split.adapt, budget)
             part = UserSplit(split.user_id, adapt, split.test)
             print(f"user {split.user_id}: budget {budget} ({len(adapt)} samples)")
-            train_user_adapter(model, agent.renderer, adaptation_samples(part, pool, p, seed), p, seed)
+            samples = adaptation_samples(part, pool, p, seed, generations)
+            costs.append(train_measured(model, agent.renderer, samples, p, seed, grpo))
             agent.model = model
             parts.append(evaluate_agent(agent, split.test, task))
         scores = [s for part in parts for s in part.scores]
@@ -464,6 +485,8 @@ def _budget_curve(agent, adapters: UserAdapters, splits, pool, p, seed: int, tas
             "samples": budget,
             "all": summarize(scores)["accuracy"],
             **{kind: summarize([s for s in scores if s.kind == kind])["accuracy"] for kind in kinds},
+            "train_seconds": round(sum(c["train_seconds"] for c in costs) / len(costs), 2),  # per user
+            "peak_memory_bytes": max(c["peak_memory_bytes"] for c in costs),
         }
     return curve
 

@@ -120,10 +120,14 @@ def data_synth(
     layout: Annotated[
         str,
         typer.Option(
-            help="random: a button on any cell of a 3x3 grid; fixed: each label on its own cell; free: "
-            "elements of varied sizes at continuous positions"
+            help="random: a button on any cell of a 3x3 grid; fixed: each label on its own cell; jitter: "
+            "buttons and icons of varied sizes anywhere in their cells; free: elements of varied sizes "
+            "at continuous positions"
         ),
     ] = "random",
+    others: Annotated[
+        str, typer.Option(help="free layout: how many other elements share a target's screen, e.g. 1-3 or 0")
+    ] = "1-3",
     screen: Annotated[
         list[str] | None, typer.Option(help="screenshot size WxH, e.g. 1280x800 (repeatable; default: mixed)")
     ] = None,
@@ -133,15 +137,19 @@ def data_synth(
 
     from pigg.data.synth.screens import synthesize
 
-    if layout not in ("random", "fixed", "free"):
-        raise PiggError(f"--layout {layout!r}: use random, fixed or free")
+    if layout not in ("random", "fixed", "jitter", "free"):
+        raise PiggError(f"--layout {layout!r}: use random, fixed, jitter or free")
+    counts = re.fullmatch(r"(\d+)(?:-(\d+))?", others.strip())
+    if not counts or int(counts[2] or counts[1]) < int(counts[1]):
+        raise PiggError(f"--others {others!r}: write a count or a range, e.g. 0 or 1-3")
+    low, high = int(counts[1]), int(counts[2] or counts[1])
     sizes = []
     for text in screen or []:
         match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
         if not match or min(int(match[1]), int(match[2])) < 64:
             raise PiggError(f"--screen {text!r}: write width x height in pixels, e.g. 1280x800 (64 or more)")
         sizes.append((int(match[1]), int(match[2])))
-    path = synthesize(out, users, per_user, habit_fraction, seed, layout, sizes or None)
+    path = synthesize(out, users, per_user, habit_fraction, seed, layout, sizes or None, others=(low, high))
     print(f"wrote {users} users x {per_user} samples to {path}")
 
 

@@ -107,24 +107,43 @@ def bench_serve(
 @app.command()
 def demo(
     kind: Annotated[
-        str, typer.Argument(help="grounding (GUI clicks, the default) or text (seed 004's classification)")
+        str,
+        typer.Argument(
+            help="grounding (GUI clicks, the default), grpo (click-reward RL after SFT) or text (seed 004's "
+            "classification)"
+        ),
     ] = "grounding",
     out: Annotated[Path | None, typer.Option(help="folder for the demo's data, model, runs and logs")] = None,
-    users: Annotated[int, typer.Option(help="grounding: synthetic users")] = 12,
-    per_user: Annotated[int, typer.Option(help="grounding: screens per training user")] = 80,
+    users: Annotated[int, typer.Option(help="grounding, grpo: synthetic users")] = 12,
+    per_user: Annotated[int, typer.Option(help="grounding, grpo: screens per training user")] = 80,
     articles: Annotated[int, typer.Option(help="text: training articles (a sixth as many held out)")] = 2400,
     steps: Annotated[
-        int | None, typer.Option(help="training steps of the global / text run (default: the recipe's)")
+        int | None,
+        typer.Option(help="training steps of the global / SFT / text run (default: the recipe's)"),
+    ] = None,
+    rl_steps: Annotated[int | None, typer.Option(help="grpo: GRPO steps (default: the recipe's)")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="training seed of every run (default: the recipes')")
     ] = None,
 ):
     """The embedded demos. grounding: synthetic users, a tiny Qwen3-VL, global training, evaluation,
-    personalization. text: synthetic news, a tiny Qwen2.5, full fine-tuning, base vs tuned classification."""
-    from pigg.demo import run_demo, run_text_demo
+    personalization. grpo: the same SFT on screens where buttons move within their cells, then GRPO with
+    click rewards, zero-shot vs SFT vs SFT+GRPO. text: synthetic news, a tiny Qwen2.5, full fine-tuning,
+    base vs tuned classification."""
+    from pigg.demo import run_demo, run_grpo_demo, run_text_demo
 
+    seeded = [f"train.seed={seed}"] if seed is not None else []
     overrides = [f"train.max_steps={steps}"] if steps else []
     if kind == "text":
-        print(run_text_demo(out or Path("demo_text_out"), articles, max(40, articles // 6), overrides))
+        print(
+            run_text_demo(out or Path("demo_text_out"), articles, max(40, articles // 6), overrides + seeded)
+        )
     elif kind == "grounding":
-        print(run_demo(out or Path("demo_out"), users=users, per_user=per_user, overrides=overrides))
+        print(run_demo(out or Path("demo_out"), users=users, per_user=per_user, overrides=overrides + seeded))
+    elif kind == "grpo":
+        rl = [f"train.max_steps={rl_steps}"] if rl_steps else []
+        path = run_grpo_demo(out or Path("demo_grpo_out"), users, per_user, sft_overrides=overrides + seeded,
+                             overrides=rl + seeded)  # fmt: skip
+        print(path)
     else:
-        raise PiggError(f"pigg demo {kind}: there are two demos, grounding and text")
+        raise PiggError(f"pigg demo {kind}: there are three demos, grounding, grpo and text")

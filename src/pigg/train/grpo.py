@@ -96,13 +96,36 @@ def task_rewards(cfg: ExperimentConfig, task: Task) -> dict[str, float]:
 
 def build_grpo_trainer(cfg: ExperimentConfig, data, model, arguments: dict, board: bool):
     """TRL's GRPOTrainer (with pigg's safe checkpoints) over the run's samples (train.build's PreparedData)
-    and the task's rewards."""
-    check_grpo(cfg)
-    from transformers import PrinterCallback
+    and the task's rewards, with pigg's progress line and TensorBoard when `board`."""
     from transformers.integrations import TensorBoardCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     from pigg.train.callbacks import ProgressCallback
+
+    world = int(os.environ.get("WORLD_SIZE", 1))  # processes under torchrun: answers per step add up
+    callbacks = [ProgressCallback(cfg.train.batch_size * cfg.train.grad_accum * world)]
+    if board:
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(Path(arguments["output_dir"]) / "tensorboard")
+        callbacks.append(tensorboard)
+    return grpo_trainer(cfg, model, data.train, data.processor, data.renderer, arguments, callbacks)
+
+
+def grpo_trainer(
+    cfg: ExperimentConfig,
+    model,
+    samples: list[Sample],
+    processor,
+    renderer: Renderer,
+    arguments: dict,
+    callbacks: list | None = None,
+):
+    """TRL's GRPOTrainer with pigg's safe checkpoints over `samples`, rewarded by the task's rewards and
+    configured by the rl section; `arguments` are the Trainer's (steps, batch, learning rate, ...). A
+    peft model trains its active adapter (TRL keeps a peft model as it is given)."""
+    check_grpo(cfg)
+    from transformers import PrinterCallback
+    from trl import GRPOConfig, GRPOTrainer
+
     from pigg.train.trainer import SafeCheckpoints
 
     class PiggGRPOTrainer(SafeCheckpoints, GRPOTrainer):
@@ -130,12 +153,11 @@ def build_grpo_trainer(cfg: ExperimentConfig, data, model, arguments: dict, boar
     weights = task_rewards(cfg, task)
     functions = task.rewards()
     rl = cfg.rl
+    arguments = dict(arguments)
     for unused in ("train_sampling_strategy", "eval_strategy", "eval_steps"):  # TRL samples; no eval
         arguments.pop(unused, None)
     args = GRPOConfig(
-        **arguments,
-        report_to="none",
-        disable_tqdm=True,
+        **{"report_to": "none", "disable_tqdm": True, **arguments},
         num_generations=rl.num_generations,
         max_completion_length=rl.max_completion_length,
         temperature=rl.temperature,
@@ -147,21 +169,15 @@ def build_grpo_trainer(cfg: ExperimentConfig, data, model, arguments: dict, boar
         vllm_mode=rl.vllm_mode,
         remove_unused_columns=False,
     )
-    world = int(os.environ.get("WORLD_SIZE", 1))  # processes under torchrun: answers per step add up
-    callbacks = [ProgressCallback(cfg.train.batch_size * cfg.train.grad_accum * world)]
-    if board:
-        tensorboard = TensorBoardCallback()
-        tensorboard.logging_dir = str(Path(arguments["output_dir"]) / "tensorboard")
-        callbacks.append(tensorboard)
     # TRL pads prompts by the tokenizer's side: a right-padded batch of prompts shifts every row but the
     # longest off its images (the M-RoPE index then fails, trl#5785); pigg's own batches pad themselves
-    processor = copy.deepcopy(data.processor)
+    processor = copy.deepcopy(processor)
     processor.tokenizer.padding_side = "left"
     trainer = PiggGRPOTrainer(
         model=model,
-        reward_funcs=[TaskReward(n, functions[n], task, data.train, data.renderer) for n in weights],
+        reward_funcs=[TaskReward(n, functions[n], task, samples, renderer) for n in weights],
         args=args,
-        train_dataset=prompt_dataset(data.train, task, data.renderer),
+        train_dataset=prompt_dataset(samples, task, renderer),
         processing_class=processor,
         callbacks=callbacks,
     )

@@ -98,6 +98,24 @@ def _button_box(cell, width, height, rng) -> tuple[float, float, float, float]:
     return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
 
 
+def _jittered_box(cell, width, height, rng) -> tuple[tuple[float, float, float, float], bool]:
+    """A wide or narrow button or a small square icon (3 in 10) anywhere in the cell that holds it whole:
+    the small move furthest from the cell's centre. Returns the box and whether it is an icon."""
+    cx, cy = cell_centre(cell, width, height)
+    icon = rng.random() < 0.3
+    unit = min(width, height)
+    bw, bh = (
+        (rng.uniform(0.05, 0.08) * unit,) * 2
+        if icon
+        else (rng.uniform(0.10, 0.28) * width, rng.uniform(0.07, 0.14) * height)
+    )
+    room_x = width / 6 - bw / 2 - 0.01 * width  # half a cell less half the element, less a gap
+    room_y = (1 - _TOP) * height / 6 - bh / 2 - 0.01 * height
+    cx += rng.uniform(-room_x, room_x)
+    cy += rng.uniform(-room_y, room_y)
+    return (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), icon
+
+
 def _draw_button(draw, box, label, colour):
     x1, y1, x2, y2 = box
     draw.rounded_rectangle(box, radius=max(4, int(y2 - y1) // 5), fill=colour, outline=(20, 20, 20), width=2)
@@ -131,8 +149,11 @@ def _draw_decoration(draw, cell, width, height, rng):
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=rng.choice(COLOURS))
 
 
-def make_screen(rng: random.Random, buttons: list[tuple[str, tuple[int, int]]], size: tuple[int, int]):
-    """Draw a screen with `buttons` (label, cell); return the image and each button's box."""
+def make_screen(
+    rng: random.Random, buttons: list[tuple[str, tuple[int, int]]], size: tuple[int, int], jitter=False
+):
+    """Draw a screen with `buttons` (label, cell); return the image, each button's box and whether it is an
+    icon. With `jitter`, elements of varied sizes sit anywhere in their cells (the "jitter" layout)."""
     width, height = size
     image = Image.new("RGB", size, rng.choice(BACKGROUNDS))
     draw = ImageDraw.Draw(image)
@@ -142,12 +163,17 @@ def make_screen(rng: random.Random, buttons: list[tuple[str, tuple[int, int]]], 
     used = {cell for _, cell in buttons}
     for cell in rng.sample([c for c in GRID if c not in used], k=min(2, 9 - len(used))):
         _draw_decoration(draw, cell, width, height, rng)
-    boxes = []
+    boxes, icons = [], []
     for label, cell in buttons:
-        box = _button_box(cell, width, height, rng)
-        _draw_button(draw, box, label, rng.choice(COLOURS))
+        box, icon = (
+            _jittered_box(cell, width, height, rng)
+            if jitter
+            else (_button_box(cell, width, height, rng), False)
+        )
+        _draw_button(draw, box, label[0] if icon else label, rng.choice(COLOURS))
         boxes.append(box)
-    return image, boxes
+        icons.append(icon)
+    return image, boxes, icons
 
 
 def _free_boxes(rng: random.Random, count: int, width: int, height: int, near=None) -> list[tuple]:
@@ -211,25 +237,28 @@ def _sample_record(
     habit: bool,
     layout: str,
     sizes: list[tuple[int, int]],
+    others: tuple[int, int] = (1, 3),
 ) -> dict:
     size = rng.choice(sizes)
     if layout == "free":
-        return _free_record(user, rng, image_path, folder, habit, size)
+        return _free_record(user, rng, image_path, folder, habit, size, others)
     if habit:
-        others = rng.sample([c for c in GRID if c != user.favourite_cell], 2)
+        cells = rng.sample([c for c in GRID if c != user.favourite_cell], 2)
         labels = rng.sample([a for a in APPS if a != user.favourite], 2)
-        buttons = [(user.favourite, user.favourite_cell)] + list(zip(labels, others, strict=True))
+        buttons = [(user.favourite, user.favourite_cell)] + list(zip(labels, cells, strict=True))
         instruction = user.habit_phrase
     else:
-        if layout == "fixed":
+        if layout in ("fixed", "jitter"):
             label = rng.choice(list(HOME_CELLS))
             buttons = [(label, HOME_CELLS[label])]
         else:
             label = rng.choice(LABELS)
             buttons = [(label, rng.choice(GRID))]
         name = user.aliases.get(label, label)
-        instruction = rng.choice(["click the {} button", "tap {}", "press {}", "click {}"]).format(name)
-    image, boxes = make_screen(rng, buttons, size)
+        instruction = rng.choice(["click the {} {}", "tap {}", "press {}", "click {}"])
+    image, boxes, icons = make_screen(rng, buttons, size, jitter=layout == "jitter")
+    if not habit:  # the element's kind is known once it is drawn (the jitter layout has icons)
+        instruction = instruction.format(name, "icon" if icons[0] else "button")
     image.save(folder / image_path, compress_level=1)
     x1, y1, x2, y2 = boxes[0]
     point = ((x1 + x2) / 2, (y1 + y2) / 2)
@@ -251,9 +280,11 @@ def _sample_record(
 
 
 def _free_record(
-    user: UserHabits, rng: random.Random, image_path: str, folder: Path, habit: bool, size
+    user: UserHabits, rng: random.Random, image_path: str, folder: Path, habit: bool, size, others
 ) -> dict:
-    labels = rng.sample([a for a in LABELS if a != user.favourite], rng.randint(2, 4))
+    # a favourite sits among one more element than a generic target, so never alone: only the user's
+    # history says which element is meant
+    labels = rng.sample([a for a in LABELS if a != user.favourite], rng.randint(*others) + 1)
     if habit:
         labels.insert(0, user.favourite)
         near = cell_centre(user.favourite_cell, *size)
@@ -288,9 +319,10 @@ def synthesize(
     per_user: int,
     habit_fraction: float = 0.3,
     seed: int = 0,
-    layout: Literal["random", "fixed", "free"] = "random",
+    layout: Literal["random", "fixed", "free", "jitter"] = "random",
     sizes: list[tuple[int, int]] | None = None,
     counts: dict[int, int] | None = None,
+    others: tuple[int, int] = (1, 3),
 ) -> Path:
     """Write `users` user_<id>.pkl files (ids 1..users) of `per_user` samples each, images under images/.
     `counts` gives chosen users more samples (the demo's held-out users get more test screens, so that
@@ -298,8 +330,9 @@ def synthesize(
 
     layout "random" puts a generic sample's button on any cell (the model must look); "fixed" puts each
     label on its home cell (the instruction alone says where: a quick task for tests); "free" places
-    elements of varied sizes at continuous positions (where a click reward has something to teach). `sizes`: the
-    screenshot sizes to draw from (default: desktop, laptop, QHD and phone screens).
+    elements of varied sizes at continuous positions (where a click reward has something to teach), the
+    target among `others` (a range) other elements. `sizes`: the screenshot sizes to draw from (default:
+    desktop, laptop, QHD and phone screens).
     """
     out = Path(out)
     rng = random.Random(seed)
@@ -310,13 +343,15 @@ def synthesize(
         for index in range(per_user):
             habit = rng.random() < habit_fraction
             path = f"images/user_{user.user_id:03d}/{index:05d}.png"
-            records.append(_sample_record(user, rng, path, out, habit, layout, sizes or SCREEN_SIZES))
+            records.append(_sample_record(user, rng, path, out, habit, layout, sizes or SCREEN_SIZES, others))
         # a user's extra samples come from their own generator: the others' data stays as without them
         extra = random.Random(f"{seed}-extra-{user.user_id}")
         for index in range(per_user, (counts or {}).get(user.user_id, per_user)):
             habit = extra.random() < habit_fraction
             path = f"images/user_{user.user_id:03d}/{index:05d}.png"
-            records.append(_sample_record(user, extra, path, out, habit, layout, sizes or SCREEN_SIZES))
+            records.append(
+                _sample_record(user, extra, path, out, habit, layout, sizes or SCREEN_SIZES, others)
+            )
         with (out / f"user_{user.user_id}.pkl").open("wb") as handle:
             pickle.dump(records, handle, protocol=4)
     (out / "habits.txt").write_text(
