@@ -228,3 +228,20 @@ def test_per_user_grpo_trains_each_user_s_adapter_from_rewards(trained_run, tmp_
     assert {"train_seconds", "peak_memory_bytes", "habit", "generic"} <= set(table["curve"]["2"])
     after = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_grpo_demo_runs_sft_then_grpo_and_writes_its_summary(tmp_path):
+    """`pigg demo grpo` in miniature (the full demo's numbers are in docs/rl.md): every stage runs and the
+    summary holds what the issue names, the reward curve beside it."""
+    sizes = ["--per-user", "8", "--held-out-screens", "12", "--steps", "10", "--rl-steps", "3"]
+    result = runner.invoke(app, ["demo", "grpo", "--out", str(tmp_path / "demo"), *sizes, "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "demo" / "demo_grpo_summary.json"
+    assert result.output.strip().splitlines()[-1] == str(path)
+    summary = json.loads(path.read_text())
+    assert {"zero_shot", "sft", "grpo", "reward_first", "reward_last"} <= set(summary)
+    assert all(0 <= summary[k] <= 1 for k in ("zero_shot", "sft", "grpo"))
+    assert [s for s, _ in summary["rewards"]] == [1, 2, 3] and summary["training"]["sft"]["steps"] == 10
+    assert (tmp_path / "demo" / "reward_curve.png").stat().st_size > 10_000
+    run = json.loads((tmp_path / "demo" / "runs" / "grpo" / "adapter_config.json").read_text())
+    assert run["base_model_name_or_path"] == str(tmp_path / "demo" / "runs" / "sft")

@@ -4,6 +4,9 @@
 4. evaluate zero-shot vs global on held-out users; 5. personalize those users and evaluate them
 zero-shot vs global vs personalized. The summary JSON holds the overall accuracies under `zero_shot`,
 `global` and `personalized`.
+
+Beside it: `pigg demo grpo` (the same SFT on the jitter layout, then GRPO with click rewards from it;
+run_grpo_demo) and `pigg demo text` (seed 004 in miniature; run_text_demo).
 """
 
 from __future__ import annotations
@@ -192,8 +195,10 @@ def plot_rewards(rewards: list[tuple[int, float]], path: Path) -> None:
 
     steps, values = [s for s, _ in rewards], [r for _, r in rewards]
     window = max(1, len(values) // 10)
-    average = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-               for i in range(len(values))]  # fmt: skip
+    average = []
+    for i in range(len(values)):
+        recent = values[max(0, i - window + 1) : i + 1]
+        average.append(sum(recent) / len(recent))
     figure, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, values, color="C0", alpha=0.35, label="mean reward of the step's answers")
     ax.plot(steps, average, color="C0", label=f"moving average ({window} steps)")

@@ -116,6 +116,9 @@ def demo(
     out: Annotated[Path | None, typer.Option(help="folder for the demo's data, model, runs and logs")] = None,
     users: Annotated[int, typer.Option(help="grounding, grpo: synthetic users")] = 12,
     per_user: Annotated[int, typer.Option(help="grounding, grpo: screens per training user")] = 80,
+    held_out_screens: Annotated[
+        int | None, typer.Option(help="grounding, grpo: screens per held-out user (default 400, 200)")
+    ] = None,
     articles: Annotated[int, typer.Option(help="text: training articles (a sixth as many held out)")] = 2400,
     steps: Annotated[
         int | None,
@@ -139,11 +142,13 @@ def demo(
             run_text_demo(out or Path("demo_text_out"), articles, max(40, articles // 6), overrides + seeded)
         )
     elif kind == "grounding":
-        print(run_demo(out or Path("demo_out"), users=users, per_user=per_user, overrides=overrides + seeded))
+        held_out = {"held_out_screens": held_out_screens} if held_out_screens else {}
+        print(run_demo(out or Path("demo_out"), users, per_user, **held_out, overrides=overrides + seeded))
     elif kind == "grpo":
         rl = [f"train.max_steps={rl_steps}"] if rl_steps else []
-        path = run_grpo_demo(out or Path("demo_grpo_out"), users, per_user, sft_overrides=overrides + seeded,
-                             overrides=rl + seeded)  # fmt: skip
+        held_out = {"held_out_screens": held_out_screens} if held_out_screens else {}
+        path = run_grpo_demo(out or Path("demo_grpo_out"), users, per_user, **held_out,
+                             sft_overrides=overrides + seeded, overrides=rl + seeded)  # fmt: skip
         print(path)
     else:
         raise PiggError(f"pigg demo {kind}: there are three demos, grounding, grpo and text")
