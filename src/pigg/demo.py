@@ -34,9 +34,7 @@ def run_demo(
     `overrides` go on top of the demo_global recipe."""
     import torch
 
-    from pigg.data.synth.screens import synthesize
     from pigg.evaluation.run import run_eval
-    from pigg.models.tiny import build_tiny
     from pigg.personalize import personalize
     from pigg.train.run import train
 
@@ -44,19 +42,10 @@ def run_demo(
     started = time.perf_counter()
     out = Path(out)
     data_dir, model_dir, run_dir = out / "data", out / "tiny-qwen3-vl", out / "runs" / "global"
-    if not any(data_dir.glob("user_*.pkl")):
-        # The held-out users get many screens: few adapt their adapter, the rest are test screens, so
-        # that forgetting of one point is measurable (one screen is ~0.2 points of generic accuracy).
-        held_out = parse_users(load_config(DEMO_CONFIG).personalize.users) or []
-        print(
-            f"[1/5] synthesising {users} users x {per_user} screens ({held_out_screens} for held-out "
-            f"users {held_out}) into {data_dir}"
-        )
-        counts = dict.fromkeys(held_out, held_out_screens)
-        synthesize(data_dir, users=users, per_user=per_user, counts=counts)
-    if not (model_dir / "config.json").exists():
-        print(f"[2/5] building the tiny Qwen3-VL in {model_dir}")
-        build_tiny("qwen3-vl", model_dir)
+    # The held-out users get many screens: few adapt their adapter, the rest are test screens, so that
+    # forgetting of one point is measurable (one screen is ~0.2 points of generic accuracy).
+    held_out = parse_users(load_config(DEMO_CONFIG).personalize.users) or []
+    _users_and_model(out, users, per_user, dict.fromkeys(held_out, held_out_screens), "random")
     overrides = [
         f"model.name={model_dir}",
         f"data.path={data_dir}",
@@ -100,6 +89,24 @@ def run_demo(
     return path
 
 
+def _users_and_model(out: Path, users: int, per_user: int, counts: dict[int, int], layout) -> None:
+    """The grounding demos' synthetic users (OUT/data; `counts` screens for chosen users) and tiny
+    Qwen3-VL (OUT/tiny-qwen3-vl), each built unless already there."""
+    from pigg.data.synth.screens import synthesize
+    from pigg.models.tiny import build_tiny
+
+    data_dir, model_dir = out / "data", out / "tiny-qwen3-vl"
+    if not any(data_dir.glob("user_*.pkl")):
+        more = ", ".join(f"{n} for user {u}" for u, n in counts.items())
+        print(
+            f"[1/5] synthesising {users} users x {per_user} {layout}-layout screens ({more}) into {data_dir}"
+        )
+        synthesize(data_dir, users=users, per_user=per_user, layout=layout, counts=counts)
+    if not (model_dir / "config.json").exists():
+        print(f"[2/5] building the tiny Qwen3-VL in {model_dir}")
+        build_tiny("qwen3-vl", model_dir)
+
+
 def run_grpo_demo(
     out: Path,
     users: int = 12,
@@ -114,10 +121,8 @@ def run_grpo_demo(
     accuracy, `reward_first` and `reward_last`: the mean reward of the first and last 10% of steps)."""
     import torch
 
-    from pigg.data.synth.screens import synthesize
     from pigg.evaluation.run import run_eval
     from pigg.infer import resolve_model
-    from pigg.models.tiny import build_tiny
     from pigg.train.run import train
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -127,13 +132,7 @@ def run_grpo_demo(
     sft_dir, grpo_dir = out / "runs" / "sft", out / "runs" / "grpo"
     cfg = load_config(GRPO_DEMO_CONFIG)
     held_out = parse_users(cfg.data.test_users) or []
-    if not any(data_dir.glob("user_*.pkl")):
-        print(f"[1/5] synthesising {users} users x {per_user} jitter-layout screens into {data_dir}")
-        counts = dict.fromkeys(held_out, held_out_screens)
-        synthesize(data_dir, users=users, per_user=per_user, layout="jitter", counts=counts)
-    if not (model_dir / "config.json").exists():
-        print(f"[2/5] building the tiny Qwen3-VL in {model_dir}")
-        build_tiny("qwen3-vl", model_dir)
+    _users_and_model(out, users, per_user, dict.fromkeys(held_out, held_out_screens), "jitter")
     shared = [
         f"data.path={data_dir}",
         f"train.log_dir={out / 'logs'}",

@@ -237,7 +237,7 @@ def _sample_record(
     habit: bool,
     layout: str,
     sizes: list[tuple[int, int]],
-    others: tuple[int, int] = (1, 3),
+    others: tuple[int, int],
 ) -> dict:
     size = rng.choice(sizes)
     if layout == "free":
