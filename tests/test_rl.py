@@ -1,11 +1,15 @@
 """Reinforcement learning with the task's rewards (train.stage: grpo, on TRL's GRPOTrainer): the rewards on
 hand cases, bad settings refused before any model loads, a run that raises its reward and its greedy
-accuracy, an exact resume, and a run folder the other commands load."""
+accuracy, an exact resume, a run folder the other commands load, and the same under two processes."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +24,7 @@ from pigg.tasks.classify import ClassifyTask, Label
 from pigg.tasks.describe import DescribeTask
 from pigg.tasks.grounding import Click, GroundingTask, gaussian_reward
 from pigg.train.build import load_renderer
+from pigg.train.control import EXIT_RESUMABLE, checkpoints
 from pigg.train.run import train
 from test_run_control import SignalDuring
 
@@ -245,3 +250,73 @@ def test_the_grpo_demo_runs_sft_then_grpo_and_writes_its_summary(tmp_path):
     assert (tmp_path / "demo" / "reward_curve.png").stat().st_size > 10_000
     run = json.loads((tmp_path / "demo" / "runs" / "grpo" / "adapter_config.json").read_text())
     assert run["base_model_name_or_path"] == str(tmp_path / "demo" / "runs" / "sft")
+
+
+def _two_ranks(cfg, *more: str, **popen):
+    """`pigg train CONFIG --nproc 2` on the config written beside its run folder."""
+    from test_distributed import _pigg, _write
+
+    path = _write(cfg, Path(cfg.train.output_dir).with_suffix(".yaml"))
+    return _pigg("train", str(path), "--nproc", "2", *more, **popen)
+
+
+@pytest.mark.distributed
+def test_two_grpo_ranks_answer_the_prompts_of_one_process_with_twice_the_batch(
+    trained_run, fixed_data, tmp_path
+):
+    """Under `--nproc 2` each rank samples half of a step's answers and the group advantages and logged
+    rewards are over all of them. Sampling near-greedy makes a step's answers a function of its prompts alone
+    (each rank draws from its own seed): the rewards of 2 ranks x 16 answers must then be those of one process
+    x 32, step by step, which fails if a rank draws other screens, repeats its neighbour's or logs its own."""
+    # temperature 1e-4: the greedy answers' smallest margin between the top two logits, over the 16 screens,
+    # is 0.26 (measured), 2600 after scaling, so no draw leaves the argmax; float noise is ~1e-6
+    common = ("train.max_steps=4", "rl.temperature=1e-4")  # 4 steps of 4 screens: each of the 16 once
+    single = train(grpo_config(trained_run, fixed_data, tmp_path, *common, "train.batch_size=32",
+                               f"train.output_dir={tmp_path / 'single'}")).summary  # fmt: skip
+    cfg = grpo_config(trained_run, fixed_data, tmp_path, *common, "train.batch_size=16",
+                      f"train.output_dir={tmp_path / 'ranks'}")  # fmt: skip
+    process = _two_ranks(cfg, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out
+    ranks = json.loads((tmp_path / "ranks" / "pigg_run.json").read_text())
+    assert ranks["world_size"] == 2 and ranks["stage"] == "grpo"
+    assert len({r for _, r in single["rewards"]}) > 1  # the steps' screens differ in how many are hit
+    assert ranks["rewards"] == [list(step) for step in single["rewards"]]
+
+
+@pytest.mark.distributed
+def test_a_stopped_two_rank_grpo_run_resumes_to_the_straight_run(trained_run, fixed_data, tmp_path):
+    """SIGTERM to the whole job mid-run: both ranks stop at one step and save it (each rank's sampling RNG
+    with it); resumed, every step's reward and the adapter are bit-identical to the straight 2-rank run."""
+    from test_distributed import _adapter, _summary
+
+    def config(name: str):
+        return grpo_config(trained_run, fixed_data, tmp_path, "train.max_steps=6", "train.batch_size=16",
+                           "train.learning_rate=5e-3", f"train.output_dir={tmp_path / name}")  # fmt: skip
+
+    straight = _two_ranks(config("straight"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = straight.communicate(timeout=300)
+    assert straight.returncode == 0, out
+    cfg = config("stopped")
+    process = _two_ranks(cfg, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("step 2/"):
+            os.killpg(process.pid, signal.SIGTERM)
+            break
+    out = "".join(seen) + process.communicate(timeout=300)[0]
+    assert process.returncode == EXIT_RESUMABLE and "Traceback" not in out, out
+    stopped = _summary(tmp_path / "stopped")
+    assert stopped["status"] == "stopped" and 2 <= stopped["steps"] < 6
+    (saved,) = checkpoints(tmp_path / "stopped")
+    assert sorted(p.name for p in saved.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    resumed = _two_ranks(cfg, "--resume", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    after = _summary(tmp_path / "stopped")
+    assert after["status"] == "complete" and after["resumed_from"] == str(saved)
+    rewards = dict(stopped["rewards"]) | dict(after["rewards"])
+    assert [rewards[s] for s in range(1, 7)] == [r for _, r in _summary(tmp_path / "straight")["rewards"]]
+    a, b = _adapter(tmp_path / "stopped"), _adapter(tmp_path / "straight")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
