@@ -72,13 +72,13 @@ fuzz: setup
 # the stop tests (signals, Ctrl-C, time limit, SLURM script) and the distributed ones, SOAK times in a row
 # each; `make soak HOG=1` runs them beside a busy loop on every core, as a loaded machine would
 SOAK ?= 30
-STOP_TESTS = tests/test_distributed.py tests/test_run_control.py tests/test_plan.py
+STOP_TESTS = tests/test_distributed.py tests/test_run_control.py tests/test_plan.py tests/test_rl.py
 soak: setup
 	@hogs=""; if [ -n "$(HOG)" ]; then for i in $$(seq $$(nproc)); do \
 	  timeout 3h $(BIN)/python -c "while True: pass" & hogs="$$hogs $$!"; done; fi; \
 	$(BIN)/python -m pytest -q $(STOP_TESTS) --count $(SOAK) -x \
 	  -k "test_distributed or stopped_and_resumed or killed_midway or time_limit or sigterm or sbatch \
-	     or start_that_fails or while_the_model"; \
+	     or start_that_fails or while_the_model or two_rank_grpo"; \
 	code=$$?; [ -z "$$hogs" ] || kill $$hogs; exit $$code
 
 clean:
