@@ -21,9 +21,9 @@
 #                                          and, where vLLM is installed, its server started with the
 #                                          users' adapters (pigg serve --engine vllm) and asked once per user
 #   bash benchmarks/gpu/run.sh grpo        click-reward RL (train.stage=grpo) on the 8B, LoRA, 2 screenshots x 8
-#                                          answers a step, generation by vLLM in the training process where
-#                                          vllm is installed (else transformers): answers/s and the share of
-#                                          each step spent generating, from pigg's own log lines
+#                                          answers a step, generation by transformers, then by vLLM in the
+#                                          training process (colocate) where vllm is installed: answers/s and
+#                                          the share of each step spent generating, from pigg's own log lines
 # Each call sets up from scratch (a device machine starts bare): Qwen3-VL-8B with random weights built
 # from the real config, 1280x800 synthetic screens; reports go to $OUT (8 files at most come back).
 # SOURCE, DEVICE, PYTHON, STEPS, WARMUP, REPEAT, the *_PATHS variables and EXTRA (more config overrides)
@@ -131,16 +131,25 @@ text)
         ${EXTRA:-} "${steps[@]}" --out "$OUT/text" --paths "${TEXT_PATHS:-baseline,default,default+packing}"
     ;;
 grpo)
-    vllm=false
-    $python -c "import vllm" 2>/dev/null && vllm=true
-    pigg train global_grpo "${on_data[@]}" model.init_from=null rl.use_vllm=$vllm train.max_steps="${STEPS:-5}" \
-        train.save_steps=1000 train.logging_steps=1 train.output_dir=/tmp/pigg_gpu/grpo_run \
-        train.log_dir=/tmp/pigg_gpu/logs train.report_to=[] | tee "$OUT/grpo.txt"
-    echo "vLLM generation: $vllm" | tee -a "$OUT/grpo.txt"
-    # answers/s and generation share of the steps after the first
-    grep -E "^step [0-9]+/" "$OUT/grpo.txt" | tail -n +2 | sed -E 's/.*generating ([0-9]+)%.* ([0-9.]+) samples\/s.*/\1 \2/' |
-        awk '{g+=$1; s+=$2; n++} END {if (n) printf "mean over %d steps: %.2f answers/s, %.0f%% generating\n", n, s/n, g/n}' |
-        tee -a "$OUT/grpo.txt"
+    # transformers generation first (always runs), then vLLM colocate where vllm imports: a vLLM that fails
+    # to start (versions) costs its own figures only
+    grpo_run() {
+        local generation=$1
+        pigg train global_grpo "${on_data[@]}" model.init_from=null rl.use_vllm=$2 train.max_steps="${STEPS:-5}" \
+            train.save_steps=1000 train.logging_steps=1 train.output_dir=/tmp/pigg_gpu/grpo_$generation \
+            train.log_dir=/tmp/pigg_gpu/logs train.report_to=[] | tee "$OUT/grpo_$generation.txt" || return 1
+        # answers/s and generation share of the steps after the first
+        grep -E "^step [0-9]+/" "$OUT/grpo_$generation.txt" | tail -n +2 |
+            sed -E 's/.*generating ([0-9]+)%.* ([0-9.]+) samples\/s.*/\1 \2/' |
+            awk -v g="$generation" '{s+=$2; p+=$1; n++} END {if (n) printf "%s: mean over %d steps: %.2f answers/s, %.0f%% generating\n", g, n, s/n, p/n}' |
+            tee -a "$OUT/grpo.txt"
+    }
+    grpo_run transformers false || echo "transformers generation: the run failed" | tee -a "$OUT/grpo.txt"
+    if $python -c "import vllm" 2>/dev/null; then
+        grpo_run vllm true || echo "vLLM generation: the run failed (log in grpo_vllm.txt)" | tee -a "$OUT/grpo.txt"
+    else
+        echo "vLLM generation: vllm is not installed on this machine" | tee -a "$OUT/grpo.txt"
+    fi
     ;;
 serve)
     demo=/tmp/pigg_gpu/demo
