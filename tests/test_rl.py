@@ -210,7 +210,7 @@ def test_a_stopped_grpo_run_resumes_to_the_straight_run(trained_run, fixed_data,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical
 
 
-def test_per_user_grpo_trains_each_user_s_adapter_from_rewards(trained_run, tmp_path):
+def test_per_user_grpo_trains_each_user_s_adapter_from_rewards(trained_run, tmp_path, monkeypatch):
     """personalize.stage=grpo: each held-out user's LoRA adapter trains by GRPO on that user's own screens
     (replay as in SFT); the global weights stay bit-identical and the adapters are pure LoRA."""
     import shutil
@@ -223,13 +223,16 @@ def test_per_user_grpo_trains_each_user_s_adapter_from_rewards(trained_run, tmp_
     settings = ["personalize.stage=grpo", "personalize.batch_size=16", "personalize.max_steps=4",
                 "personalize.learning_rate=1e-3", "personalize.replay_ratio=1", "personalize.budgets=[2]",
                 "rl.num_generations=8", "rl.max_completion_length=10"]  # fmt: skip
-    table = json.loads(personalize(run, settings).read_text())
+    monkeypatch.chdir(tmp_path)  # the run named relatively, as in `pigg personalize runs/NAME`
+    table = json.loads(personalize(Path("run"), settings).read_text())
     assert table["settings"]["personalize"]["stage"] == "grpo"
     for user in ("1", "2"):
         weights = load_file(str(run / "users" / user / "adapter_model.safetensors"))
         b = [w for k, w in weights.items() if ".lora_B." in k]
         assert b and any(w.abs().sum() > 0 for w in b)  # lora_B starts at zero: the rewards moved it
         assert table["costs"][user]["train_seconds"] > 0 and table["costs"][user]["peak_memory_bytes"] > 0
+        adapter = json.loads((run / "users" / user / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(run.resolve())  # absolute: loads from any folder
     assert {"train_seconds", "peak_memory_bytes", "habit", "generic"} <= set(table["curve"]["2"])
     after = load_file(str(run / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -327,10 +330,13 @@ def test_a_stopped_two_rank_grpo_run_resumes_to_the_straight_run(trained_run, fi
 CHAIN_TOL = 1e-3
 
 
-def test_grpo_from_a_lora_sft_run_loads_and_merges_as_both_adapters(trained_run, fixed_data, tmp_path):
+def test_grpo_from_a_lora_sft_run_loads_and_merges_as_both_adapters(
+    trained_run, fixed_data, tmp_path, monkeypatch
+):
     """The shipped path (`global_grpo` after `global_lora`): GRPO's new adapter trains on the SFT run with
-    its LoRA merged, and names that run, so every command loads base + SFT adapter + GRPO adapter; `pigg
-    merge` bakes both in. The oracle is PEFT with both adapters active and nothing merged."""
+    its LoRA merged, and names that run, so every command loads base + SFT adapter + GRPO adapter, from any
+    folder though the recipe names the run relatively; `pigg merge` bakes both in. The oracle is PEFT with
+    both adapters active and nothing merged."""
     from peft import PeftModel
 
     from conftest import caught, difference, within
@@ -345,10 +351,13 @@ def test_grpo_from_a_lora_sft_run_loads_and_merges_as_both_adapters(trained_run,
     train(sft)
     # model.name stays the base model, as in the recipe; init_from names the LoRA run
     cfg = grpo_config(trained_run, fixed_data, tmp_path, "train.max_steps=3", "train.batch_size=16",
-                      "train.learning_rate=5e-3", f"model.init_from={tmp_path / 'sft'}",
+                      "train.learning_rate=5e-3", "model.init_from=sft",
                       f"train.output_dir={tmp_path / 'grpo'}")  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # init_from=sft: relative to the folder the run starts in, as in the recipe
     train(cfg)
-    assert resolve_model(str(tmp_path / "grpo")).adapters == (str(tmp_path / "sft"), str(tmp_path / "grpo"))
+    monkeypatch.chdir(fixed_data)  # elsewhere
+    grpo = str(tmp_path / "grpo")
+    assert resolve_model(grpo).adapters == (str((tmp_path / "sft").resolve()), grpo)
 
     data = prepare_data(cfg, check=False)
     batch = data.renderer.collate(data.train[:2])

@@ -61,8 +61,15 @@ def test_full_finetuning_learns_keeps_vision_frozen_and_rotates_checkpoints(
     assert "step 6/6 | loss" in log and "samples/s" in log and "ETA" in log
 
 
-def test_lora_trains_only_adapters_on_the_language_model(tiny_config, tiny_model, tmp_path):
-    result = train(tiny_config("train.method=lora", "train.max_steps=3", "train.learning_rate=1e-2"))
+def test_lora_trains_only_adapters_on_the_language_model(tiny_config, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tiny_model.parent)  # the model named relatively: its adapter must load from anywhere
+    overrides = (
+        "train.method=lora",
+        "train.max_steps=3",
+        "train.learning_rate=1e-2",
+        f"model.name={tiny_model.name}",
+    )
+    result = train(tiny_config(*overrides))
     model = result.model
     base = _base_weights(tiny_model)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -79,7 +86,7 @@ def test_lora_trains_only_adapters_on_the_language_model(tiny_config, tiny_model
     adapter = load_file(str(run / "adapter_model.safetensors"))
     assert adapter and all("lora_" in k and "visual" not in k for k in adapter)
     config = json.loads((run / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(tiny_model)
+    assert config["base_model_name_or_path"] == str(tiny_model.resolve())
     assert (run / "processor_config.json").exists() and (run / "chat_template.jinja").exists()
     log = next((tmp_path / "logs").glob("run_lora_*.log")).read_text()
     assert "trainable params: " in log

@@ -423,7 +423,7 @@ def personalize(run_dir: str | Path, overrides: list[str] | None = None) -> Path
         costs[name] = train_measured(model, data.renderer, samples, p, cfg.train.seed, grpo)
         agent.model, agent.label = model, f"user {name}"
         parts.append(evaluate_agent(agent, split.test, task))
-        model.peft_config[name].base_model_name_or_path = str(run_dir)
+        model.peft_config[name].base_model_name_or_path = str(run_dir.resolve())  # loads from any folder
         model.save_pretrained(str(out), selected_adapters=[name])
         costs[name]["adapter_bytes"] = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
     evals["personalized"] = _concat(task, "personalized", parts)

@@ -42,6 +42,11 @@ REPORT_TO = "https://github.com/pigg-project/pigg/issues"
 def main() -> None:
     # transformers' own Trainer still calls its deprecated name: noise in every run's log
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # peft reads the base's config.json on save to see whether the vocabulary grew; the base of an adapter
+    # trained from a LoRA run (model.init_from, a user's adapter) is that run, with none; pigg never resizes it
+    warnings.filterwarnings(
+        "ignore", message="Could not find a config file in .* vocabulary", category=UserWarning
+    )
     args = sys.argv[1:]
     debug = "--debug" in args or os.environ.get("PIGG_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]

@@ -371,10 +371,14 @@ def build_model(cfg: ExperimentConfig, data: PreparedData, dtype, cuda: bool):
         vision_blocks=cfg.vision.blocks,
         llm_layers=cfg.llm.layers,
     )
-    if cfg.model.init_from and hasattr(model, "peft_config"):
-        # saved adapters name the run they continue, so loading one merges that run's adapters first
+    if hasattr(model, "peft_config"):
+        # saved adapters name the weights they train on: the run they continue (loading one then merges that
+        # run's adapters first) or the base model; a local folder by its absolute path, or the run would
+        # load only from the folder it was trained in
+        start = cfg.model.init_from or cfg.model.name
+        named = str(Path(start).resolve()) if Path(start).is_dir() else start
         for config in model.peft_config.values():
-            config.base_model_name_or_path = cfg.model.init_from
+            config.base_model_name_or_path = named
     return model
 
 
