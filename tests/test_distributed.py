@@ -55,6 +55,17 @@ def _pigg(*args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pigg", *args], env=env, text=True, **popen)
 
 
+def _sigterm_at_step_2(process: subprocess.Popen) -> str:
+    """SIGTERM to the job's whole process group (as SLURM sends it) once step 2 is logged; its output."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("step 2/"):
+            os.killpg(process.pid, signal.SIGTERM)
+            break
+    return "".join(seen) + process.communicate(timeout=300)[0]
+
+
 def _write(cfg, path: Path) -> Path:
     path.write_text(cfg.to_yaml())
     return path
@@ -151,14 +162,7 @@ def test_sigterm_to_every_process_stops_both_ranks_at_one_step_and_they_resume_e
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith("step 2/"):
-            os.killpg(process.pid, signal.SIGTERM)
-            break
-    rest, _ = process.communicate(timeout=300)
-    out = "".join(seen) + rest
+    out = _sigterm_at_step_2(process)
     assert process.returncode == EXIT_RESUMABLE, out
     assert "DataLoader worker" not in out and "Traceback" not in out, out
     run = Path(cfg.train.output_dir)

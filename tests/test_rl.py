@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -291,7 +289,7 @@ def test_two_grpo_ranks_answer_the_prompts_of_one_process_with_twice_the_batch(
 def test_a_stopped_two_rank_grpo_run_resumes_to_the_straight_run(trained_run, fixed_data, tmp_path):
     """SIGTERM to the whole job mid-run: both ranks stop at one step and save it (each rank's sampling RNG
     with it); resumed, every step's reward and the adapter are bit-identical to the straight 2-rank run."""
-    from test_distributed import _adapter, _summary
+    from test_distributed import _adapter, _sigterm_at_step_2, _summary
 
     def config(name: str):
         return grpo_config(trained_run, fixed_data, tmp_path, "train.max_steps=6", "train.batch_size=16",
@@ -302,13 +300,7 @@ def test_a_stopped_two_rank_grpo_run_resumes_to_the_straight_run(trained_run, fi
     assert straight.returncode == 0, out
     cfg = config("stopped")
     process = _two_ranks(cfg, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith("step 2/"):
-            os.killpg(process.pid, signal.SIGTERM)
-            break
-    out = "".join(seen) + process.communicate(timeout=300)[0]
+    out = _sigterm_at_step_2(process)
     assert process.returncode == EXIT_RESUMABLE and "Traceback" not in out, out
     stopped = _summary(tmp_path / "stopped")
     assert stopped["status"] == "stopped" and 2 <= stopped["steps"] < 6
